@@ -1,0 +1,55 @@
+"""Padding to multiples of 16 and small tensor helpers shared by inference and training."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_image(img: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalise an RGB tensor in [0, 1] with channels at dim -3 (..., 3, H, W)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    return (img - mean) / std
+
+
+def denormalize_image(img: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize_image` (for visualisation)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    return img * std + mean
+
+
+def compute_pad(h: int, w: int, d: int = 16) -> tuple[int, int, int, int]:
+    """Padding (left, right, top, bottom) that makes (h, w) multiples of ``d``.
+
+    The extra pixels are split floor/ceil: the smaller half goes before (left / top).
+    """
+    def split(length: int) -> tuple[int, int]:
+        r = length % d
+        if r == 0:
+            return 0, 0
+        extra = d - r
+        return extra // 2, extra - extra // 2
+
+    lw, uw = split(w)
+    lh, uh = split(h)
+    return lw, uw, lh, uh
+
+
+def pad_divide_by(x: torch.Tensor, d: int = 16) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Zero-pad the last two dims of ``x`` to multiples of ``d``; returns (padded, pad)."""
+    pad = compute_pad(x.shape[-2], x.shape[-1], d)
+    if any(pad):
+        x = F.pad(x, pad)
+    return x, pad
+
+
+def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """Crop what :func:`pad_divide_by` added (works on tensors and NumPy arrays)."""
+    left, right, top, bottom = pad
+    h, w = x.shape[-2], x.shape[-1]
+    return x[..., top:h - bottom, left:w - right]
