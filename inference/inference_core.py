@@ -1,0 +1,430 @@
+"""Per-video interactive inference: bidirectional propagation and difference-aware fusion.
+
+One :class:`InferenceCore` owns everything about one video (frames, per-object probabilities,
+interacted frames, permanent memory, caches); the networks it is given stay stateless.
+
+Schedule of one interaction on frame ``r`` (``interact``):
+
+1. ``D = new mask - stored probabilities of r`` gives the positive / negative differences;
+   the new mask replaces the stored probabilities of ``r``, and ``r`` is encoded into the
+   permanent memory (every interacted frame stays in memory for the rest of the session).
+2. A forward pass over ``r+1 .. c-1`` (``c`` = next interacted frame, or the end) and a backward
+   pass over ``r-1 .. c+1`` (``c`` = previous interacted frame, or -1). A pass never overwrites an
+   interacted frame. Its memory is the permanent memory plus every ``mem_every``-th frame of the
+   pass counted from ``r`` plus the previous frame as a temporary entry; it is discarded after
+   the pass.
+3. In a pass that stops at an earlier interacted frame ``c``, each new result is fused with the
+   stored result of the previous round (``fusion='diff'``: FusionNet with the differences of ``r``
+   aligned to the frame through the memory affinity; ``'linear'``: blend by temporal distance;
+   ``'none'``: the newest propagation overwrites).
+
+Memory options (results do not depend on them except where noted):
+
+* ``storage_device`` keeps frames and results off the compute device (e.g. CPU while computing
+  on a GPU); ``prob_dtype`` stores results compactly (``float16``; ``uint8`` quantises to 1/255,
+  so masks can differ where two labels are within 1/255 of each other);
+* frames can be any sequence of ``H x W x 3`` uint8 arrays (e.g. a lazy reader of a folder or
+  a video file), of which at most ``image_cache`` padded, normalised copies are kept;
+* query features are cached up to ``feature_cache_mb``; the memory read processes query positions
+  in chunks of at most ``memory_budget`` affinity elements.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference.memory_bank import MemoryBank
+from model.aggregate import aggregate
+from util.tensor_util import normalize_image, pad_divide_by, unpad
+
+log = logging.getLogger(__name__)
+
+FUSION_MODES = ("diff", "linear", "none")
+PROB_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class InferenceConfig:
+    """Options of the inference core (defaults follow the paper and the official code)."""
+
+    top_k: int | None = 50  # top-k memory read; None = full softmax
+    mem_every: int = 5  # a frame becomes permanent memory every mem_every frames of a pass
+    include_last: bool = True  # previous frame as temporary memory
+    fusion: str = "diff"  # diff | linear | none
+    prob_dtype: str = "float32"  # storage of per-frame probabilities: float32 | float16 | uint8
+    image_cache: int = 128  # padded, normalised frames kept on the compute device
+    feature_cache_mb: float = 2048.0  # query-encoder features kept for reuse across passes
+    memory_budget: int | None = None  # max affinity elements per chunk (None = read default)
+    amp: str | None = None  # autocast dtype: None | "bfloat16" | "float16"
+
+    def validate(self) -> None:
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
+        if self.prob_dtype not in PROB_DTYPES:
+            raise ValueError(f"prob_dtype must be one of {tuple(PROB_DTYPES)}, got {self.prob_dtype!r}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be a positive int or None, got {self.top_k}")
+        if self.mem_every < 1:
+            raise ValueError(f"mem_every must be >= 1, got {self.mem_every}")
+        if self.amp not in (None, "bfloat16", "float16"):
+            raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}")
+
+
+def _as_frame_sequence(images: Any) -> tuple[Sequence, int, int, int]:
+    """Accept T x 3 x H x W float [0,1] / uint8 tensors, T x H x W x 3 uint8 arrays, or any
+    sequence of H x W x 3 uint8 frames. Returns (sequence, T, H, W)."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"image tensor must be T x 3 x H x W, got {tuple(images.shape)}")
+        return images, images.shape[0], images.shape[2], images.shape[3]
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"image array must be T x H x W x 3, got {images.shape}")
+        return images, images.shape[0], images.shape[1], images.shape[2]
+    if len(images) == 0:
+        raise ValueError("the video has no frames")
+    first = np.asarray(images[0])
+    if first.ndim != 3 or first.shape[2] != 3:
+        raise ValueError(f"frames must be H x W x 3, frame 0 is {first.shape}")
+    return images, len(images), first.shape[0], first.shape[1]
+
+
+class InferenceCore:
+    """Interactive propagation state of one video.
+
+    Args:
+        prop_net: a :class:`model.propagation.PropagationNetwork` (eval mode).
+        fusion_net: a :class:`model.fusion.FusionNet`, or None when ``config.fusion`` is not
+            ``'diff'``.
+        images: the frames (see :func:`_as_frame_sequence`), RGB.
+        num_objects: K, the number of objects (labels 1..K).
+        config: :class:`InferenceConfig`.
+        device: where the networks run.
+        storage_device: where probabilities live (default: ``device``).
+    """
+
+    def __init__(
+        self,
+        prop_net: torch.nn.Module,
+        fusion_net: torch.nn.Module | None,
+        images: Any,
+        num_objects: int,
+        config: InferenceConfig | None = None,
+        device: torch.device | str = "cpu",
+        storage_device: torch.device | str | None = None,
+    ):
+        self.config = config or InferenceConfig()
+        self.config.validate()
+        if self.config.fusion == "diff" and fusion_net is None:
+            raise ValueError("fusion='diff' needs a fusion network")
+        if num_objects < 1:
+            raise ValueError(f"num_objects must be >= 1, got {num_objects}")
+        self.prop_net = prop_net
+        self.fusion_net = fusion_net
+        self.device = torch.device(device)
+        self.storage_device = torch.device(storage_device) if storage_device is not None else self.device
+        self.frames, self.num_frames, self.height, self.width = _as_frame_sequence(images)
+        self.k = num_objects
+
+        probe = torch.zeros(1, 1, self.height, self.width)
+        padded, self.pad = pad_divide_by(probe, 16)
+        self.ph, self.pw = padded.shape[-2:]
+
+        dtype = PROB_DTYPES[self.config.prob_dtype]
+        # (K+1) x T x Hp x Wp; background starts at a tiny positive value, objects at zero
+        self.prob = torch.zeros(self.k + 1, self.num_frames, self.ph, self.pw, dtype=dtype,
+                                device=self.storage_device)
+        self._set_prob_initial_background()
+        self.masks = np.zeros((self.num_frames, self.height, self.width), dtype=np.uint8)
+
+        self.interacted: list[int] = []  # in interaction order
+        self.permanent = MemoryBank()
+        self._image_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._feature_cache: OrderedDict[int, Any] = OrderedDict()
+        self._feature_bytes = 0
+
+    # ------------------------------------------------------------------ storage helpers
+    def _set_prob_initial_background(self) -> None:
+        if self.prob.dtype == torch.uint8:
+            self.prob[0] = 0
+        else:
+            self.prob[0] = 1e-7
+
+    def _store_prob(self, t: int, prob: torch.Tensor) -> None:
+        """prob: (K+1) x Hp x Wp float on any device."""
+        if self.prob.dtype == torch.uint8:
+            prob = (prob.clamp(0, 1) * 255).round()
+        self.prob[:, t] = prob.to(self.storage_device, self.prob.dtype)
+
+    def _load_prob(self, t: int) -> torch.Tensor:
+        """Stored probabilities of frame t: (K+1) x Hp x Wp float32 on the compute device."""
+        p = self.prob[:, t].to(self.device)
+        if p.dtype == torch.uint8:
+            return p.float() / 255
+        return p.float()
+
+    def _store_mask(self, t: int, prob: torch.Tensor) -> None:
+        label = torch.argmax(prob, dim=0)
+        self.masks[t] = unpad(label, self.pad).to("cpu", torch.uint8).numpy()
+
+    def image(self, t: int) -> torch.Tensor:
+        """Padded, normalised frame t: 1 x 3 x Hp x Wp on the compute device (bounded cache)."""
+        cached = self._image_cache.get(t)
+        if cached is not None:
+            self._image_cache.move_to_end(t)
+            return cached
+        frame = self.frames[t]
+        if isinstance(frame, torch.Tensor):
+            img = frame.to(self.device)
+            img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+        else:
+            arr = np.asarray(frame)
+            if arr.shape != (self.height, self.width, 3):
+                raise ValueError(
+                    f"frame {t} has shape {arr.shape}, expected {(self.height, self.width, 3)}: "
+                    "all frames of a video must have the same size"
+                )
+            img = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1).float() / 255
+        if img.shape[-2:] != (self.height, self.width):
+            raise ValueError(
+                f"frame {t} is {tuple(img.shape[-2:])}, expected {(self.height, self.width)}: "
+                "all frames of a video must have the same size"
+            )
+        img, _ = pad_divide_by(normalize_image(img).unsqueeze(0), 16)
+        if self.config.image_cache > 0:
+            self._image_cache[t] = img
+            while len(self._image_cache) > self.config.image_cache:
+                self._image_cache.popitem(last=False)
+        return img
+
+    def _autocast(self):
+        if self.config.amp is None:
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.config.amp == "bfloat16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def query_features(self, t: int):
+        """Query-encoder outputs of frame t (cached up to ``feature_cache_mb``)."""
+        cached = self._feature_cache.get(t)
+        if cached is not None:
+            self._feature_cache.move_to_end(t)
+            return cached
+        with self._autocast():
+            feats = self.prop_net.encode_query(self.image(t))
+        budget = self.config.feature_cache_mb * 2**20
+        if budget > 0:
+            size = sum(v.numel() * v.element_size() for v in vars(feats).values()
+                       if isinstance(v, torch.Tensor))
+            self._feature_cache[t] = feats
+            self._feature_bytes += size
+            while self._feature_bytes > budget and len(self._feature_cache) > 1:
+                _, old = self._feature_cache.popitem(last=False)
+                self._feature_bytes -= sum(v.numel() * v.element_size() for v in vars(old).values()
+                                           if isinstance(v, torch.Tensor))
+        return feats
+
+    # ------------------------------------------------------------------ network calls
+    def _others(self, prob: torch.Tensor) -> torch.Tensor:
+        """For each object, the sum of the other objects' probabilities: K x 1 x Hp x Wp."""
+        obj = prob[1:]
+        return (obj.sum(0, keepdim=True) - obj).unsqueeze(1)
+
+    def _encode_memory(self, t: int, prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory key/value of frame t with its (K+1)-channel probabilities prob."""
+        image = self.image(t).expand(self.k, -1, -1, -1)
+        with self._autocast():
+            key, value = self.prop_net.encode_memory(image, prob[1:].unsqueeze(1), self._others(prob))
+        return key.float(), value.float()
+
+    def _segment(self, t: int, bank: MemoryBank) -> torch.Tensor:
+        """Propagated (K+1) x Hp x Wp probabilities of frame t from the memory in bank."""
+        mem_key, mem_value = bank.read_tensors()
+        with self._autocast():
+            logits = self.prop_net.segment(self.query_features(t), mem_key, mem_value,
+                                           top_k=self.config.top_k)
+        return aggregate(torch.sigmoid(logits.float())[:, 0], dim=0)
+
+    def _fuse(self, t: int, prev: torch.Tensor, curr: torch.Tensor, t_c: int, t_r: int,
+              diff: torch.Tensor, ref_key: torch.Tensor) -> torch.Tensor:
+        """Combine the previous round's result prev and the new propagation curr at frame t.
+
+        prev, curr: (K+1) x Hp x Wp; diff: K x 2 x Hp x Wp ([D+, D-] at t_r); ref_key: memory
+        key of t_r, K x CK x h x w. Returns (K+1) x Hp x Wp.
+        """
+        mode = self.config.fusion
+        if mode == "none":
+            return curr
+        n_c = abs(t_c - t) / abs(t_c - t_r)
+        n_r = abs(t_r - t) / abs(t_c - t_r)
+        if mode == "linear":
+            return n_r * prev + n_c * curr
+        query = self.query_features(t)
+        with self._autocast():
+            attn = self.prop_net.attention_transfer(ref_key, query.key, diff)
+            dist = torch.tensor([[n_c, n_r]], device=self.device).expand(self.k, -1)
+            image = self.image(t).expand(self.k, -1, -1, -1)
+            logits = self.fusion_net(image, prev[1:].unsqueeze(1), curr[1:].unsqueeze(1),
+                                     attn.float(), dist)
+        return aggregate(torch.sigmoid(logits.float())[:, 0], dim=0)
+
+    # ------------------------------------------------------------------ passes
+    def _pass(self, r: int, step: int, ref_key: torch.Tensor, diff: torch.Tensor,
+              progress: ProgressFn | None, done: int, total: int) -> int:
+        """Propagate from interacted frame r in direction step (+1 / -1). Returns frames done."""
+        if step > 0:
+            later = [i for i in self.interacted if i > r]
+            stop = min(later) if later else self.num_frames
+        else:
+            earlier = [i for i in self.interacted if i < r]
+            stop = max(earlier) if earlier else -1
+        fuse_with = stop if 0 <= stop < self.num_frames else None
+        targets = list(range(r + step, stop, step))
+        if not targets:
+            return done
+
+        bank = self.permanent.copy()
+        last_permanent = r
+        for i, t in enumerate(targets):
+            out = self._segment(t, bank)
+            if i < len(targets) - 1:
+                key, value = self._encode_memory(t, out)
+                if abs(t - last_permanent) >= self.config.mem_every:
+                    bank.add_permanent(key, value)
+                    last_permanent = t
+                elif self.config.include_last:
+                    bank.set_temporary(key, value)
+            if fuse_with is not None:
+                out = self._fuse(t, self._load_prob(t), out, fuse_with, r, diff, ref_key)
+            self._store_prob(t, out)
+            self._store_mask(t, out)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        return done
+
+    def _to_prob(self, mask: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+        """Accept an H x W label map (0..K) or (K+1) x H x W probabilities; return padded
+        (K+1) x Hp x Wp float probabilities on the compute device."""
+        m = torch.as_tensor(mask)
+        if m.dim() == 2:
+            if m.shape != (self.height, self.width):
+                raise ValueError(f"{what}: label map is {tuple(m.shape)}, expected {(self.height, self.width)}")
+            if m.is_floating_point():
+                raise ValueError(f"{what}: a 2-D mask must be an integer label map")
+            labels = m.long()
+            if labels.min() < 0 or labels.max() > self.k:
+                bad = sorted(set(torch.unique(labels).tolist()) - set(range(self.k + 1)))
+                raise ValueError(f"{what}: unknown object ids {bad}; this video has objects 1..{self.k}")
+            m = F.one_hot(labels, self.k + 1).permute(2, 0, 1).float()
+        elif m.dim() == 3:
+            if m.shape != (self.k + 1, self.height, self.width):
+                raise ValueError(
+                    f"{what}: probabilities are {tuple(m.shape)}, expected "
+                    f"{(self.k + 1, self.height, self.width)} (K+1 channels, background first)"
+                )
+            m = m.float()
+        else:
+            raise ValueError(f"{what}: mask must be H x W or (K+1) x H x W, got {tuple(m.shape)}")
+        padded, _ = pad_divide_by(m.to(self.device), 16)
+        return padded
+
+    def _check_index(self, idx: int) -> None:
+        if not 0 <= idx < self.num_frames:
+            raise IndexError(f"frame {idx} out of range: the video has {self.num_frames} frames")
+
+    # ------------------------------------------------------------------ public API
+    @torch.inference_mode()
+    def interact(self, mask: torch.Tensor | np.ndarray, idx: int,
+                 progress: ProgressFn | None = None) -> np.ndarray:
+        """Commit a new mask on frame idx and propagate it through the video.
+
+        mask: H x W label map (0 = background, 1..K) or (K+1) x H x W probabilities at the
+        original resolution. Returns the T x H x W uint8 label maps of the whole video.
+        """
+        self._check_index(idx)
+        new = self._to_prob(mask, f"mask for frame {idx}")
+        delta = (new - self._load_prob(idx))[1:]  # K x Hp x Wp
+        diff = torch.stack([delta.clamp(0, 1), (-delta).clamp(0, 1)], dim=1)  # K x 2 x Hp x Wp
+
+        self.interacted.append(idx)
+        self._store_prob(idx, new)
+        self._store_mask(idx, new)
+        ref_key, ref_value = self._encode_memory(idx, new)
+        self.permanent.add_permanent(ref_key, ref_value)
+
+        total = self._pass_length(idx, +1) + self._pass_length(idx, -1)
+        done = self._pass(idx, +1, ref_key, diff, progress, 0, total)
+        self._pass(idx, -1, ref_key, diff, progress, done, total)
+        return self.masks
+
+    def _pass_length(self, r: int, step: int) -> int:
+        if step > 0:
+            later = [i for i in self.interacted if i > r]
+            return (min(later) if later else self.num_frames) - r - 1
+        earlier = [i for i in self.interacted if i < r]
+        return r - (max(earlier) if earlier else -1) - 1
+
+    @torch.inference_mode()
+    def update_mask_only(self, mask: torch.Tensor | np.ndarray, idx: int) -> np.ndarray:
+        """Show a new mask on frame idx without propagating (instant feedback).
+
+        The stored probabilities are left as they are, so the difference of the next committed
+        interaction is still measured against the last propagated result. Returns the H x W
+        label map of frame idx.
+        """
+        self._check_index(idx)
+        new = self._to_prob(mask, f"mask for frame {idx}")
+        self._store_mask(idx, new)
+        return self.masks[idx]
+
+    def get_prob(self, idx: int) -> torch.Tensor:
+        """Stored (K+1) x H x W probabilities of frame idx at the original resolution (CPU)."""
+        self._check_index(idx)
+        return unpad(self._load_prob(idx), self.pad).cpu()
+
+    def get_mask(self, idx: int) -> np.ndarray:
+        """H x W uint8 label map of frame idx."""
+        self._check_index(idx)
+        return self.masks[idx]
+
+    @torch.inference_mode()
+    def add_objects(self, n: int = 1) -> int:
+        """Add n new (empty) objects; returns the new K. Existing memory entries are re-encoded
+        for the new objects so that later reads see them as empty."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        old_k = self.k
+        self.k += n
+        extra = torch.zeros(n, self.num_frames, self.ph, self.pw, dtype=self.prob.dtype,
+                            device=self.storage_device)
+        self.prob = torch.cat([self.prob, extra], dim=0)
+        if self.interacted:
+            # permanent memory holds one entry per interaction, in interaction order
+            keys, values = [], []
+            for t in self.interacted:
+                prob = self._load_prob(t)
+                image = self.image(t).expand(n, -1, -1, -1)
+                masks = prob[old_k + 1:].unsqueeze(1)
+                others = (prob[1:].sum(0, keepdim=True) - prob[old_k + 1:]).unsqueeze(1)
+                with self._autocast():
+                    key, value = self.prop_net.encode_memory(image, masks, others)
+                keys.append(key.float())
+                values.append(value.float())
+            self.permanent.add_objects(torch.stack(keys, 2), torch.stack(values, 2))
+        return self.k
+
+    def clear_caches(self) -> None:
+        """Drop cached images and query features (frees memory; results are unaffected)."""
+        self._image_cache.clear()
+        self._feature_cache.clear()
+        self._feature_bytes = 0

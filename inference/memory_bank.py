@@ -1,0 +1,153 @@
+"""Key/value memory of one propagation pass: permanent frames plus one temporary slot.
+
+Keys and values are kept per object (the memory encoder sees each object's own mask), in
+growable buffers laid out position-major (``K x capacity*h*w x C``), so adding a frame is a copy
+into pre-allocated space and reading is a view: nothing is concatenated per query frame.
+
+* permanent entries: the interacted frames (copied in from the video's permanent memory) and the
+  frames memorised every ``mem_every`` frames during the pass;
+* the temporary slot: the frame just before the query frame, when it is not permanent. Writing a
+  new temporary frame replaces the previous one; :meth:`promote` turns it into a permanent entry.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class MemoryBank:
+    """Memory keys (K x CK x h x w per frame) and values (K x CV x h x w per frame)."""
+
+    def __init__(self, initial_capacity: int = 8):
+        self._capacity_frames = max(int(initial_capacity), 1)
+        self._keys: torch.Tensor | None = None  # K x cap*hw x CK
+        self._values: torch.Tensor | None = None  # K x cap*hw x CV
+        self._hw: tuple[int, int] | None = None
+        self.num_permanent = 0
+        self.has_temporary = False
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def num_frames(self) -> int:
+        """Frames visible to a read: permanent entries plus the temporary slot if filled."""
+        return self.num_permanent + int(self.has_temporary)
+
+    @property
+    def hw(self) -> tuple[int, int] | None:
+        return self._hw
+
+    def _ensure(self, key: torch.Tensor, value: torch.Tensor, frames_needed: int) -> None:
+        k, ck, h, w = key.shape
+        cv = value.shape[1]
+        if self._keys is None:
+            self._hw = (h, w)
+            cap = max(self._capacity_frames, frames_needed)
+            self._keys = key.new_empty(k, cap * h * w, ck)
+            self._values = value.new_empty(k, cap * h * w, cv)
+            self._capacity_frames = cap
+            return
+        if (h, w) != self._hw or k != self._keys.shape[0] or ck != self._keys.shape[2]:
+            raise ValueError(
+                f"memory entry of shape {tuple(key.shape)} does not match the bank "
+                f"(objects {self._keys.shape[0]}, key dim {self._keys.shape[2]}, grid {self._hw})"
+            )
+        if frames_needed > self._capacity_frames:
+            cap = max(frames_needed, 2 * self._capacity_frames)
+            used = self.num_frames * h * w
+            new_keys = self._keys.new_empty(k, cap * h * w, ck)
+            new_values = self._values.new_empty(k, cap * h * w, cv)
+            new_keys[:, :used] = self._keys[:, :used]
+            new_values[:, :used] = self._values[:, :used]
+            self._keys, self._values, self._capacity_frames = new_keys, new_values, cap
+
+    def _write(self, slot: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        hw = key.shape[-2] * key.shape[-1]
+        # K x C x h x w -> K x hw x C
+        self._keys[:, slot * hw:(slot + 1) * hw] = key.flatten(2).transpose(1, 2)
+        self._values[:, slot * hw:(slot + 1) * hw] = value.flatten(2).transpose(1, 2)
+
+    # ------------------------------------------------------------------ writing
+    def add_permanent(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Append a permanent frame. key: K x CK x h x w, value: K x CV x h x w.
+
+        A filled temporary slot is dropped (it always holds the frame before the current one,
+        which is superseded once a newer frame is memorised).
+        """
+        self.has_temporary = False
+        self._ensure(key, value, self.num_permanent + 1)
+        self._write(self.num_permanent, key, value)
+        self.num_permanent += 1
+
+    def set_temporary(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Fill (or replace) the temporary slot with one frame."""
+        self._ensure(key, value, self.num_permanent + 1)
+        self._write(self.num_permanent, key, value)
+        self.has_temporary = True
+
+    def promote(self) -> None:
+        """Make the temporary frame permanent."""
+        if not self.has_temporary:
+            raise RuntimeError("no temporary frame to promote")
+        self.has_temporary = False
+        self.num_permanent += 1
+
+    def clear_temporary(self) -> None:
+        self.has_temporary = False
+
+    def copy(self) -> MemoryBank:
+        """A new bank holding this bank's permanent entries (the temporary slot is not copied)."""
+        other = MemoryBank(initial_capacity=self.num_permanent + 8)
+        if self._keys is None or self.num_permanent == 0:
+            return other
+        hw = self._hw[0] * self._hw[1]
+        used = self.num_permanent * hw
+        k, _, ck = self._keys.shape
+        cv = self._values.shape[2]
+        cap = other._capacity_frames
+        other._hw = self._hw
+        other._keys = self._keys.new_empty(k, cap * hw, ck)
+        other._values = self._values.new_empty(k, cap * hw, cv)
+        other._keys[:, :used] = self._keys[:, :used]
+        other._values[:, :used] = self._values[:, :used]
+        other.num_permanent = self.num_permanent
+        return other
+
+    def add_objects(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Grow the object axis: concatenate per-frame entries of new objects.
+
+        key: K_new x CK x num_permanent x h x w (one entry per existing permanent frame).
+        """
+        if self._keys is None:
+            return
+        hw = self._hw[0] * self._hw[1]
+        used = self.num_permanent * hw
+        new_k = key.flatten(2).transpose(1, 2)  # K_new x (T*hw) x CK, T-major order
+        new_v = value.flatten(2).transpose(1, 2)
+        cap = self._capacity_frames
+        keys = self._keys.new_empty(self._keys.shape[0] + key.shape[0], cap * hw, self._keys.shape[2])
+        values = self._values.new_empty(keys.shape[0], cap * hw, self._values.shape[2])
+        keys[: self._keys.shape[0], :used] = self._keys[:, :used]
+        values[: self._values.shape[0], :used] = self._values[:, :used]
+        keys[self._keys.shape[0]:, :used] = new_k
+        values[self._values.shape[0]:, :used] = new_v
+        self._keys, self._values = keys, values
+        self.has_temporary = False
+
+    # ------------------------------------------------------------------ reading
+    def read_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the visible memory: keys K x CK x N, values K x CV x N (N = frames*h*w)."""
+        if self._keys is None or self.num_frames == 0:
+            raise RuntimeError("the memory bank is empty")
+        hw = self._hw[0] * self._hw[1]
+        n = self.num_frames * hw
+        return self._keys[:, :n].transpose(1, 2), self._values[:, :n].transpose(1, 2)
+
+    def frame_tensors(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key K x CK x h x w and value K x CV x h x w of one stored frame."""
+        if not 0 <= index < self.num_frames:
+            raise IndexError(f"memory frame {index} out of range ({self.num_frames} stored)")
+        h, w = self._hw
+        hw = h * w
+        k = self._keys[:, index * hw:(index + 1) * hw].transpose(1, 2)
+        v = self._values[:, index * hw:(index + 1) * hw].transpose(1, 2)
+        return k.reshape(k.shape[0], k.shape[1], h, w), v.reshape(v.shape[0], v.shape[1], h, w)
