@@ -1,0 +1,376 @@
+"""The one ResNet of the project (ResNet-18 / ResNet-50), with torchvision's parameter names.
+
+Every encoder in MiVOS is a ResNet truncated after ``layer3`` or ``layer4``:
+
+* S2M: ResNet-50 (ResNet-18 for ``lite``), 6 input channels, dilation instead of stride in
+  ``layer4`` (output stride 16).
+* Propagation memory encoder: ResNet-50 with a bias on every convolution, 5 input channels
+  (4 for single-object training), up to ``layer3``.
+* Propagation query encoder: plain RGB ResNet-50 up to ``layer3``.
+
+Parameter names follow torchvision (``conv1``, ``bn1``, ``layer1``..``layer4``, blocks with
+``conv1/bn1/conv2/bn2[/conv3/bn3]`` and ``downsample.0`` (1x1 conv) / ``downsample.1`` (BN)),
+so ImageNet state dicts in torchvision format load by name (:func:`load_imagenet_weights`).
+There is no ``avgpool`` / ``fc``. Bottlenecks are "v1.5": the stride sits on the 3x3 conv.
+
+Strides: the stem (``conv1`` stride 2 + 3x3/2 max-pool) gives stride 4; ``layer1`` keeps it,
+``layer2``..``layer4`` halve it unless the layer is dilated (then the first block of that layer
+uses stride 1 and the *previous* dilation, the other blocks the doubled dilation).
+
+Nothing here downloads anything: ImageNet initialisation reads a local file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from model.checkpoint import load_state_dict_file
+
+logger = logging.getLogger(__name__)
+
+# Blocks per layer for each supported depth.
+_ARCHS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+STEM_CHANNELS = 64
+EXTRA_CHANNEL_INITS = ("orthogonal", "zeros")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection (ResNet-18/34). Output width = ``planes``."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+        conv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        d0 = dilation if first_dilation is None else first_dilation
+        self.conv1 = nn.Conv2d(
+            inplanes, planes, 3, stride=stride, padding=d0, dilation=d0, bias=conv_bias
+        )
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, padding=dilation, dilation=dilation, bias=conv_bias
+        )
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries stride and dilation), 1x1 expand x4, residual (ResNet-50)."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+        conv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        # In a bottleneck only the 3x3 conv is dilated; ``first_dilation`` applies to it.
+        d = dilation if first_dilation is None else first_dilation
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=conv_bias)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=d, dilation=d, bias=conv_bias
+        )
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=conv_bias)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """Truncated ResNet-18/50 returning the outputs of ``layer1`` .. ``layer<last_layer>``.
+
+    Args:
+        arch: ``"resnet18"`` or ``"resnet50"``.
+        in_channels: input channels of ``conv1`` (3 = RGB; more for extra mask/scribble planes).
+        conv_bias: give every convolution a bias (the propagation memory encoder does).
+        replace_stride_with_dilation: three flags for ``layer2``..``layer4`` (as torchvision).
+        last_layer: build ``layer1`` .. ``layer<last_layer>`` (1..4); later layers do not exist.
+
+    Attributes:
+        out_channels: channels of each returned feature (e.g. 256, 512, 1024, 2048 for R-50).
+        out_strides: stride of each returned feature w.r.t. the input (e.g. 4, 8, 16, 16).
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        in_channels: int = 3,
+        conv_bias: bool = False,
+        replace_stride_with_dilation: Sequence[bool] = (False, False, False),
+        last_layer: int = 4,
+    ) -> None:
+        super().__init__()
+        if arch not in _ARCHS:
+            raise ValueError(f"unknown ResNet arch {arch!r}; valid: {', '.join(sorted(_ARCHS))}")
+        if not 1 <= last_layer <= 4:
+            raise ValueError(f"last_layer must be in 1..4, got {last_layer}")
+        if len(replace_stride_with_dilation) != 3:
+            raise ValueError("replace_stride_with_dilation needs three flags (layer2..layer4)")
+        kind, blocks = _ARCHS[arch]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.arch = arch
+        self.in_channels = in_channels
+        self.conv_bias = conv_bias
+        self.last_layer = last_layer
+
+        self.conv1 = nn.Conv2d(in_channels, STEM_CHANNELS, 7, stride=2, padding=3, bias=conv_bias)
+        self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        self._inplanes = STEM_CHANNELS
+        self._dilation = 1
+        stride_now = 4
+        self.out_channels: list[int] = []
+        self.out_strides: list[int] = []
+        dilate_flags = (False, *replace_stride_with_dilation)
+        for i in range(last_layer):
+            planes = STEM_CHANNELS * 2**i
+            stride = 1 if i == 0 else 2
+            layer = self._make_layer(block, planes, blocks[i], stride, dilate_flags[i], conv_bias)
+            self.add_module(f"layer{i + 1}", layer)
+            if stride == 2 and not dilate_flags[i]:
+                stride_now *= 2
+            self.out_channels.append(planes * block.expansion)
+            self.out_strides.append(stride_now)
+
+        self._init_weights()
+
+    def _make_layer(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        planes: int,
+        num_blocks: int,
+        stride: int,
+        dilate: bool,
+        conv_bias: bool,
+    ) -> nn.Sequential:
+        previous_dilation = self._dilation
+        if dilate:
+            self._dilation *= stride
+            stride = 1
+        out_planes = planes * block.expansion
+        downsample = None
+        if stride != 1 or self._inplanes != out_planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(self._inplanes, out_planes, 1, stride=stride, bias=conv_bias),
+                nn.BatchNorm2d(out_planes),
+            )
+        layers = [
+            block(
+                self._inplanes,
+                planes,
+                stride=stride,
+                dilation=self._dilation,
+                first_dilation=previous_dilation,
+                downsample=downsample,
+                conv_bias=conv_bias,
+            )
+        ]
+        self._inplanes = out_planes
+        for _ in range(1, num_blocks):
+            layers.append(
+                block(self._inplanes, planes, dilation=self._dilation, conv_bias=conv_bias)
+            )
+        return nn.Sequential(*layers)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def layers(self) -> list[nn.Module]:
+        """``[layer1, ..., layer<last_layer>]``."""
+        return [getattr(self, f"layer{i + 1}") for i in range(self.last_layer)]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 + bn1 + ReLU + max-pool: B x in_channels x H x W -> B x 64 x H/4 x W/4."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: B x in_channels x H x W -> features of layer1..layer<last_layer>.
+
+        Feature i has ``out_channels[i]`` channels at stride ``out_strides[i]``
+        (sizes rounded up by the strided convolutions).
+        """
+        x = self.stem(x)
+        feats = []
+        for layer in self.layers():
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+
+def adapt_input_conv(
+    weight: torch.Tensor, in_channels: int, extra_init: str = "orthogonal"
+) -> torch.Tensor:
+    """Widen a conv weight along its input-channel axis (dim 1).
+
+    weight: C_out x C_in x kh x kw. Returns C_out x in_channels x kh x kw whose first C_in
+    input slices are a copy of ``weight``; the appended ``in_channels - C_in`` slices are
+    initialised with ``torch.nn.init.orthogonal_`` on a C_out x n_extra x kh x kw tensor
+    (``extra_init="orthogonal"``) or with zeros (``"zeros"``). Narrowing is refused.
+    """
+    if extra_init not in EXTRA_CHANNEL_INITS:
+        raise ValueError(f"extra_init must be one of {EXTRA_CHANNEL_INITS}, got {extra_init!r}")
+    if weight.dim() != 4:
+        raise ValueError(f"expected a 4-D conv weight, got shape {tuple(weight.shape)}")
+    c_out, c_in, kh, kw = weight.shape
+    n_extra = in_channels - c_in
+    if n_extra < 0:
+        raise ValueError(f"cannot narrow a conv from {c_in} to {in_channels} input channels")
+    extra = torch.zeros(c_out, n_extra, kh, kw, dtype=weight.dtype, device=weight.device)
+    if n_extra > 0 and extra_init == "orthogonal":
+        nn.init.orthogonal_(extra)
+    return torch.cat([weight.detach(), extra], dim=1)
+
+
+def _conv_bias_keys(model: nn.Module) -> set[str]:
+    return {
+        f"{name}.bias" if name else "bias"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.bias is not None
+    }
+
+
+def _is_unbuilt_layer_key(key: str, model_children: set[str]) -> bool:
+    head = key.split(".", 1)[0]
+    if head in ("fc", "avgpool"):
+        return True
+    return head.startswith("layer") and head not in model_children
+
+
+def load_imagenet_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    extra_channel_init: str = "orthogonal",
+    rename: Mapping[str, str] | None = None,
+) -> None:
+    """Initialise a (truncated) ResNet from a local torchvision-format ImageNet state dict.
+
+    Tensors are copied by name. Conv biases absent from the file (the file's convs have none)
+    are set to zero; BatchNorm ``num_batches_tracked`` absent from the file keep their value.
+    When the model's ``conv1`` has more input channels than the file's, the file's slices fill
+    the first channels and the extra slices are initialised by :func:`adapt_input_conv`
+    (``extra_channel_init`` = ``"orthogonal"`` or ``"zeros"``). ``fc.*``, ``avgpool`` and the
+    layers the model does not build are ignored.
+
+    Args:
+        model: a :class:`ResNet`, or a module re-registering its parts under other names.
+        path: local file (plain or wrapped state dict, see
+            :func:`model.checkpoint.load_state_dict_file`).
+        extra_channel_init: initialisation of extra ``conv1`` input channels.
+        rename: top-level module renames from model names to file names, e.g.
+            ``{"res2": "layer1"}`` for the propagation query encoder.
+
+    Raises:
+        ValueError: naming the file, for tensors the model needs that the file lacks, unexpected
+            tensors or shape mismatches other than a widened ``conv1``.
+    """
+    if extra_channel_init not in EXTRA_CHANNEL_INITS:
+        raise ValueError(
+            f"extra_channel_init must be one of {EXTRA_CHANNEL_INITS}, got {extra_channel_init!r}"
+        )
+    rename = dict(rename or {})
+    source = load_state_dict_file(path)
+    target = model.state_dict()
+    bias_keys = _conv_bias_keys(model)
+
+    def file_key(model_key: str) -> str:
+        head, _, rest = model_key.partition(".")
+        return f"{rename.get(head, head)}.{rest}" if rest else rename.get(head, head)
+
+    new_state: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    missing, bad_shape = [], []
+    zeroed = widened = 0
+    for key, current in target.items():
+        fkey = file_key(key)
+        if fkey not in source:
+            if key in bias_keys:
+                new_state[key] = torch.zeros_like(current)
+                zeroed += 1
+            elif key.endswith("num_batches_tracked"):
+                new_state[key] = current
+            else:
+                missing.append(fkey)
+            continue
+        used.add(fkey)
+        value = source[fkey]
+        if value.shape == current.shape:
+            new_state[key] = value
+        elif (
+            key == "conv1.weight"
+            and value.dim() == 4
+            and value.shape[0] == current.shape[0]
+            and value.shape[2:] == current.shape[2:]
+            and value.shape[1] < current.shape[1]
+        ):
+            new_state[key] = adapt_input_conv(value, current.shape[1], extra_channel_init)
+            widened = current.shape[1] - value.shape[1]
+        else:
+            bad_shape.append(f"{fkey}: file {tuple(value.shape)} vs model {tuple(current.shape)}")
+
+    children = {rename.get(n, n) for n, _ in model.named_children()}
+    unexpected = [
+        k for k in source if k not in used and not _is_unbuilt_layer_key(k, children)
+    ]
+    if missing or unexpected or bad_shape:
+        lines = [f"ImageNet weights {os.fspath(path)!r} do not fit the backbone:"]
+        if missing:
+            lines.append(f"  missing in file ({len(missing)}): {', '.join(missing[:20])}")
+        if unexpected:
+            lines.append(f"  unexpected in file ({len(unexpected)}): {', '.join(unexpected[:20])}")
+        if bad_shape:
+            lines.append(f"  wrong shapes ({len(bad_shape)}): {'; '.join(bad_shape[:20])}")
+        raise ValueError("\n".join(lines))
+
+    model.load_state_dict(new_state, strict=True)
+    logger.info(
+        "loaded ImageNet weights from %s: %d tensors copied, %d conv biases zeroed, "
+        "%d extra conv1 input channels (%s)",
+        os.fspath(path), len(used), zeroed, widened, extra_channel_init,
+    )

@@ -1,0 +1,327 @@
+"""Reading, strictly checking and atomically writing network weights.
+
+* :func:`load_state_dict_file` reads a ``.pth`` file on the CPU with ``weights_only=True`` and
+  returns a flat ``{name: tensor}`` dict. It accepts plain state dicts (the official MiVOS
+  releases), DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes, and dicts that
+  wrap the state dict under one of :data:`WRAPPER_KEYS` (resumable training checkpoints, the
+  VainF DeepLab file's ``model_state``).
+* :func:`load_weights` loads a file into a network, strictly by default: every missing,
+  unexpected or wrongly-shaped tensor is listed in one :class:`CheckpointMismatchError`. The
+  only tolerated difference is a checkpoint without BatchNorm ``num_batches_tracked`` buffers.
+* :func:`save_weights` writes a state dict atomically (temporary file + ``os.replace``).
+
+Command line (exit 0 and last line ``OK <kind> <N> parameters`` on success)::
+
+    python -m model.checkpoint --kind propagation [--preset mivos] [--single-object] FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+WRAPPER_KEYS = ("state_dict", "model", "network", "model_state", "net")
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+NUM_BATCHES_TRACKED = "num_batches_tracked"
+_MAX_LISTED = 40
+
+ShapeMismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # key, checkpoint shape, model shape
+
+
+class CheckpointError(Exception):
+    """Base class of the errors raised here."""
+
+
+class CheckpointFormatError(CheckpointError, ValueError):
+    """The file is not a readable PyTorch checkpoint, or holds no state dict."""
+
+
+class CheckpointMismatchError(CheckpointError, RuntimeError):
+    """A checkpoint's tensors do not match a network's state dict.
+
+    Attributes:
+        path: the checkpoint file.
+        missing: keys the network has and the file lacks.
+        unexpected: keys the file has and the network lacks.
+        shape_mismatch: (key, shape in file, shape in network) for keys present in both.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        missing: Sequence[str],
+        unexpected: Sequence[str],
+        shape_mismatch: Sequence[ShapeMismatch],
+    ) -> None:
+        self.path = os.fspath(path)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.shape_mismatch = list(shape_mismatch)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        lines = [f"checkpoint {self.path!r} does not match the network:"]
+
+        def section(title: str, items: list[str]) -> None:
+            if not items:
+                return
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    {item}" for item in items[:_MAX_LISTED])
+            if len(items) > _MAX_LISTED:
+                lines.append(f"    ... and {len(items) - _MAX_LISTED} more")
+
+        section("missing keys", self.missing)
+        section("unexpected keys", self.unexpected)
+        section(
+            "wrong shapes",
+            [
+                f"{key}: checkpoint {list(ck)} vs network {list(net)}"
+                for key, ck, net in self.shape_mismatch
+            ],
+        )
+        return "\n".join(lines)
+
+
+class LoadResult(NamedTuple):
+    """What :func:`load_weights` did not load (all empty after a strict load)."""
+
+    missing: list[str]
+    unexpected: list[str]
+    shape_mismatch: list[ShapeMismatch]
+
+
+def _is_state_dict(obj: object) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in STRIP_PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def extract_state_dict(obj: object, source: str = "<object>") -> dict[str, torch.Tensor]:
+    """Find the state dict inside a loaded checkpoint object and strip wrapper prefixes.
+
+    obj: a state dict, or a dict holding one under one of :data:`WRAPPER_KEYS` (nested
+    wrapping is followed). ``source`` names the file in error messages.
+    """
+    current = obj
+    for _ in range(4):
+        if _is_state_dict(current):
+            return _strip_prefixes(dict(current))  # type: ignore[arg-type]
+        if not isinstance(current, Mapping):
+            break
+        inner = next(
+            (current[k] for k in WRAPPER_KEYS if isinstance(current.get(k), Mapping)), None
+        )
+        if inner is None:
+            break
+        current = inner
+    if isinstance(current, Mapping):
+        keys = ", ".join(repr(k) for k in list(current)[:10])
+        detail = f"a dict with keys [{keys}]" if current else "an empty dict"
+    else:
+        detail = f"an object of type {type(current).__name__}"
+    raise CheckpointFormatError(
+        f"{source!r} holds no state dict: found {detail}; expected a dict of tensors, possibly "
+        f"wrapped under one of {', '.join(WRAPPER_KEYS)}"
+    )
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file on the CPU (``weights_only=True``) and return its state dict.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointFormatError: the file is not a PyTorch checkpoint (corrupt, wrong format,
+            unsafe pickle) or contains no state dict.
+    """
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"checkpoint file not found: {name!r}")
+    if os.path.isdir(name):
+        raise CheckpointFormatError(f"{name!r} is a directory, not a checkpoint file")
+    try:
+        obj = torch.load(name, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF, ...)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointFormatError(
+            f"{name!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {first_line})"
+        ) from e
+    return extract_state_dict(obj, name)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def compare_state_dicts(
+    checkpoint: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+) -> LoadResult:
+    """Keys of ``reference`` missing from ``checkpoint``, extra keys, and shape differences."""
+    missing = [k for k in reference if k not in checkpoint]
+    unexpected = [k for k in checkpoint if k not in reference]
+    mismatch = [
+        (k, tuple(checkpoint[k].shape), tuple(reference[k].shape))
+        for k in reference
+        if k in checkpoint and checkpoint[k].shape != reference[k].shape
+    ]
+    return LoadResult(missing, unexpected, mismatch)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:
+    """Load the weights in ``path`` into ``model`` (modified in place).
+
+    Strict (default): the file must hold exactly the network's tensors with the same shapes,
+    except that missing BatchNorm ``num_batches_tracked`` buffers are taken from the network
+    (logged). Otherwise :class:`CheckpointMismatchError` lists every difference.
+    Non-strict: load the tensors whose names and shapes match, log and return the rest.
+
+    Returns:
+        LoadResult of what was not loaded (empty lists after a strict load).
+    """
+    net = unwrap_model(model)
+    state = load_state_dict_file(path)
+    reference = net.state_dict()
+    result = compare_state_dicts(state, reference)
+    filled = [k for k in result.missing if k.rsplit(".", 1)[-1] == NUM_BATCHES_TRACKED]
+    real_missing = [k for k in result.missing if k not in set(filled)]
+
+    if strict:
+        if real_missing or result.unexpected or result.shape_mismatch:
+            raise CheckpointMismatchError(
+                path, real_missing, result.unexpected, result.shape_mismatch
+            )
+        if filled:
+            logger.info(
+                "%s has no BatchNorm num_batches_tracked buffers (%d); keeping the network's",
+                os.fspath(path), len(filled),
+            )
+            state = {**state, **{k: reference[k] for k in filled}}
+        net.load_state_dict(state, strict=True)
+        logger.info("loaded %d tensors from %s", len(state), os.fspath(path))
+        return LoadResult([], [], [])
+
+    bad = {k for k, _, _ in result.shape_mismatch}
+    usable = {k: v for k, v in state.items() if k in reference and k not in bad}
+    net.load_state_dict(usable, strict=False)
+    if real_missing or result.unexpected or result.shape_mismatch:
+        logger.warning(
+            "partial load from %s: %d tensors loaded; %d missing, %d unexpected, %d wrong shape",
+            os.fspath(path), len(usable), len(real_missing), len(result.unexpected), len(bad),
+        )
+    return LoadResult(real_missing, result.unexpected, result.shape_mismatch)
+
+
+def save_weights(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike
+) -> None:
+    """Write a plain CPU state dict to ``path`` atomically (temp file in the same folder).
+
+    A module is unwrapped from DDP / torch.compile first, so the saved keys carry no prefix.
+    """
+    if isinstance(model_or_state_dict, nn.Module):
+        state = unwrap_model(model_or_state_dict).state_dict()
+    else:
+        state = model_or_state_dict
+    plain = {k: v.detach().cpu() for k, v in state.items()}
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(plain, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    logger.info("saved %d tensors to %s", len(plain), target)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (learnable) parameter elements."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: strictly load a checkpoint file into one of the networks; 0 = success."""
+    from model.presets import PRESETS, build_fusion, build_propagation, build_s2m
+
+    parser = argparse.ArgumentParser(
+        prog="python -m model.checkpoint",
+        description=(
+            "Check that a weights file loads strictly into a MiVOS network. On success the last "
+            "line printed is 'OK <kind> <N> parameters' (N = learnable parameters) and the exit "
+            "status is 0. Missing, unexpected or wrongly-shaped tensors are listed on stderr "
+            "(exit 1); a file that is not a checkpoint gives exit 2."
+        ),
+    )
+    parser.add_argument(
+        "--kind", required=True, choices=("s2m", "propagation", "fusion"),
+        help="which network the file is for",
+    )
+    parser.add_argument(
+        "--preset", default="mivos", choices=sorted(PRESETS),
+        help="architecture preset (default: mivos, the paper's networks)",
+    )
+    parser.add_argument(
+        "--single-object", action="store_true",
+        help="propagation only: 4-channel memory encoder (stage-0 single-object weights)",
+    )
+    parser.add_argument("file", help="checkpoint file (.pth)")
+    args = parser.parse_args(argv)
+    if args.single_object and args.kind != "propagation":
+        parser.error("--single-object only applies to --kind propagation")
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.kind == "s2m":
+        net = build_s2m(args.preset)
+    elif args.kind == "propagation":
+        net = build_propagation(args.preset, single_object=args.single_object)
+    else:
+        net = build_fusion(args.preset)
+    try:
+        load_weights(net, args.file, strict=True)
+    except CheckpointMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (CheckpointFormatError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"OK {args.kind} {count_parameters(net)} parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""STM-style mask propagation network (MiVOS main branch), stateless.
+
+Strides: ``f16`` / ``f8`` / ``f4`` are features at 1/16, 1/8 and 1/4 of the (padded) input
+size; h x w below means H/16 x W/16.
+
+Sub-modules (names match the official ``propagation_model.pth``)::
+
+    mask_rgb_encoder  memory encoder: ResNet with conv biases on [RGB, mask, others]
+                      (5 ch; 4 ch when single_object), up to layer3 -> f16
+    rgb_encoder       query encoder: RGB ResNet up to layer3 (layer1 registered as ``res2``)
+                      -> f16, f8, f4
+    kv_m_f16          memory key / value projections of f16 (3x3 convs)
+    kv_q_f16          query key / value projections of f16 (3x3 convs)
+    decoder           compress [readout, query value] -> refine with f8, f4 -> 1 logit
+
+The network holds no per-video state: memory keys and values are produced by
+:meth:`PropagationNetwork.encode_memory` and passed back into :meth:`~PropagationNetwork.segment`
+by the caller (the inference memory bank or the training loop). The memory read is
+:func:`model.memory.read_memory` (scaled dot product, softmax over memory, optional top-k).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.backbone import ResNet, load_imagenet_weights
+from model.memory import read_memory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """Widths of the propagation network. Defaults are the paper's (53,685,953 parameters)."""
+
+    backbone: str = "resnet50"
+    key_dim: int = 128
+    value_dim: int = 512
+    decoder_channels: tuple[int, int, int] = (512, 256, 256)  # after compress, up_16_8, up_8_4
+    memory_budget: int | None = None  # max affinity elements per chunk (None: read_memory default)
+
+
+@dataclass
+class QueryFeatures:
+    """Query-encoder outputs of one frame (batch 1, or one row per object).
+
+    f16: B x C16 x H/16 x W/16, f8: B x C8 x H/8 x W/8, f4: B x C4 x H/4 x W/4 (layer3/2/1);
+    key: B x CK x H/16 x W/16; value: B x CV x H/16 x W/16.
+    """
+
+    f16: torch.Tensor
+    f8: torch.Tensor
+    f4: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.key.shape[0]
+
+    def expand(self, batch: int) -> QueryFeatures:
+        """The same features viewed ``batch`` times (no copy); needs batch_size 1 or ``batch``."""
+        if self.batch_size == batch:
+            return self
+        if self.batch_size != 1:
+            raise ValueError(f"cannot expand query features of batch {self.batch_size} to {batch}")
+
+        def ex(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(batch, *t.shape[1:])
+
+        return QueryFeatures(ex(self.f16), ex(self.f8), ex(self.f4), ex(self.key), ex(self.value))
+
+
+class QueryEncoder(nn.Module):
+    """RGB ResNet up to layer3, with layer1 registered as ``res2`` (official naming).
+
+    forward(image B x 3 x H x W) -> (f16, f8, f4).
+    """
+
+    def __init__(self, arch: str) -> None:
+        super().__init__()
+        net = ResNet(arch, in_channels=3, last_layer=3)
+        self.conv1 = net.conv1
+        self.bn1 = net.bn1
+        self.relu = net.relu
+        self.maxpool = net.maxpool
+        self.res2 = net.layer1
+        self.layer2 = net.layer2
+        self.layer3 = net.layer3
+        self.out_channels = list(net.out_channels)  # f4, f8, f16
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(image))))
+        f4 = self.res2(x)
+        f8 = self.layer2(f4)
+        f16 = self.layer3(f8)
+        return f16, f8, f4
+
+
+class KeyValue(nn.Module):
+    """Key and value projections: B x C x h x w -> (B x CK x h x w, B x CV x h x w)."""
+
+    def __init__(self, c_in: int, key_dim: int, value_dim: int) -> None:
+        super().__init__()
+        self.key_proj = nn.Conv2d(c_in, key_dim, 3, padding=1)
+        self.val_proj = nn.Conv2d(c_in, value_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.key_proj(x), self.val_proj(x)
+
+
+class ResBlock(nn.Module):
+    """out = shortcut(x) + conv2(ReLU(conv1(ReLU(x)))); 3x3-conv shortcut when widths differ."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        # Registered first so the state-dict order matches the official files.
+        self.downsample = nn.Conv2d(c_in, c_out, 3, padding=1) if c_in != c_out else None
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.conv2(F.relu(self.conv1(F.relu(x))))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return shortcut + r
+
+
+class UpsampleBlock(nn.Module):
+    """Fuse a skip feature with a coarser feature upsampled x2.
+
+    forward(skip B x skip_c x 2h x 2w, up B x up_c x h x w) -> B x out_c x 2h x 2w.
+    """
+
+    def __init__(self, skip_c: int, up_c: int, out_c: int) -> None:
+        super().__init__()
+        self.skip_conv1 = nn.Conv2d(skip_c, up_c, 3, padding=1)
+        self.skip_conv2 = ResBlock(up_c, up_c)
+        self.out_conv = ResBlock(up_c, out_c)
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        x = self.skip_conv2(self.skip_conv1(skip))
+        x = x + F.interpolate(up, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out_conv(x)
+
+
+class Decoder(nn.Module):
+    """[readout, query value] at stride 16 + f8 + f4 -> logits B x 1 x H x W (x4 of f4)."""
+
+    def __init__(self, c_in: int, f8_c: int, f4_c: int, widths: tuple[int, int, int]) -> None:
+        super().__init__()
+        c16, c8, c4 = widths
+        self.compress = ResBlock(c_in, c16)
+        self.up_16_8 = UpsampleBlock(f8_c, c16, c8)
+        self.up_8_4 = UpsampleBlock(f4_c, c8, c4)
+        self.pred = nn.Conv2d(c4, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
+        x = self.compress(x)
+        x = self.up_16_8(f8, x)
+        x = self.up_8_4(f4, x)
+        x = self.pred(F.relu(x))
+        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+
+
+class PropagationNetwork(nn.Module):
+    """Space-time memory propagation (stateless).
+
+    Args:
+        config: widths (default: the paper's).
+        single_object: 4-channel memory encoder [RGB, mask] (stage-0 training) instead of 5.
+
+    Attributes:
+        key_dim (CK), value_dim (CV): key / value channels.
+        memory_budget: passed to :func:`read_memory` as ``max_elements`` (None = its default
+            budget); may be changed on the instance.
+    """
+
+    def __init__(
+        self, config: PropagationConfig | None = None, single_object: bool = False
+    ) -> None:
+        super().__init__()
+        self.config = config or PropagationConfig()
+        self.single_object = single_object
+        self.key_dim = self.config.key_dim
+        self.value_dim = self.config.value_dim
+        self.memory_budget = self.config.memory_budget
+
+        self.mask_rgb_encoder = ResNet(
+            self.config.backbone,
+            in_channels=4 if single_object else 5,
+            conv_bias=True,
+            last_layer=3,
+        )
+        self.rgb_encoder = QueryEncoder(self.config.backbone)
+        f4_c, f8_c, f16_c = self.rgb_encoder.out_channels
+        mem_f16_c = self.mask_rgb_encoder.out_channels[-1]
+        self.kv_m_f16 = KeyValue(mem_f16_c, self.key_dim, self.value_dim)
+        self.kv_q_f16 = KeyValue(f16_c, self.key_dim, self.value_dim)
+        self.decoder = Decoder(2 * self.value_dim, f8_c, f4_c, self.config.decoder_channels)
+
+    def load_imagenet_weights(
+        self, path: str | os.PathLike, extra_channel_init: str = "orthogonal"
+    ) -> None:
+        """Initialise both encoders from a local torchvision-format ImageNet ResNet file."""
+        load_imagenet_weights(self.mask_rgb_encoder, path, extra_channel_init)
+        load_imagenet_weights(self.rgb_encoder, path, rename={"res2": "layer1"})
+
+    def encode_query(self, image: torch.Tensor) -> QueryFeatures:
+        """image: B x 3 x H x W (normalised, H, W multiples of 16) -> :class:`QueryFeatures`."""
+        f16, f8, f4 = self.rgb_encoder(image)
+        key, value = self.kv_q_f16(f16)
+        return QueryFeatures(f16=f16, f8=f8, f4=f4, key=key, value=value)
+
+    def encode_memory(
+        self, image: torch.Tensor, mask: torch.Tensor, others: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory key and value of one frame, one row per object.
+
+        image: B x 3 x H x W (normalised); mask: B x 1 x H x W object probability in [0, 1];
+        others: B x 1 x H x W sum of the other objects' probabilities (None = zeros; must be
+        None for a single-object network).
+        Returns key B x CK x h x w and value B x CV x h x w.
+        """
+        if self.single_object:
+            if others is not None:
+                raise ValueError("a single-object network takes no 'others' mask")
+            x = torch.cat([image, mask], dim=1)
+        else:
+            if others is None:
+                others = torch.zeros_like(mask)
+            x = torch.cat([image, mask, others], dim=1)
+        f16 = self.mask_rgb_encoder(x)[-1]
+        return self.kv_m_f16(f16)
+
+    def read(
+        self,
+        query_key: torch.Tensor,
+        mem_key: torch.Tensor,
+        mem_value: torch.Tensor,
+        top_k: int | None = None,
+    ) -> torch.Tensor:
+        """Memory readout: query_key B x CK x h x w, mem_key B x CK x T x h' x w' (or already
+        flattened, B x CK x N), mem_value B x CV x T x h' x w' (or B x CV x N) -> B x CV x h x w."""
+        b, _, h, w = query_key.shape
+        readout = read_memory(
+            mem_key.flatten(start_dim=2),  # B x CK x [T h' w']
+            mem_value.flatten(start_dim=2),  # B x CV x [T h' w']
+            query_key.flatten(start_dim=2),  # B x CK x [h w]
+            top_k=top_k,
+            max_elements=self.memory_budget,
+        )
+        return readout.reshape(b, -1, h, w)
+
+    def segment(
+        self,
+        query: QueryFeatures,
+        mem_key: torch.Tensor,
+        mem_value: torch.Tensor,
+        top_k: int | None = None,
+    ) -> torch.Tensor:
+        """Segment a query frame from memory, one row per object.
+
+        query: features with batch 1 (shared by all objects, expanded) or B.
+        mem_key: B x CK x T x h x w; mem_value: B x CV x T x h x w (B = objects), or both
+        flattened over the memory positions (B x CK x N, B x CV x N, N = T*h*w, frame-major).
+        top_k: keep the top-k affinities per query position (None = full softmax, training).
+        Returns logits B x 1 x H x W (sigmoid -> probability per object).
+        """
+        if mem_key.dim() not in (3, 5) or mem_value.dim() != mem_key.dim():
+            raise ValueError(
+                "memory keys/values must be B x C x T x h x w or B x C x N, got "
+                f"{tuple(mem_key.shape)} and {tuple(mem_value.shape)}"
+            )
+        query = query.expand(mem_key.shape[0])
+        readout = self.read(query.key, mem_key, mem_value, top_k)
+        x = torch.cat([readout, query.value], dim=1)  # B x 2CV x h x w
+        return self.decoder(x, query.f8, query.f4)
+
+    def attention_transfer(
+        self, mem_key: torch.Tensor, query_key: torch.Tensor, diff: torch.Tensor
+    ) -> torch.Tensor:
+        """Align difference maps of an interacted frame to a target frame (fusion input A).
+
+        mem_key: B x CK x h x w key of the interacted frame (memory encoder, new mask);
+        query_key: 1 or B x CK x h x w query key of the target frame;
+        diff: B x C x H x W maps in [0, 1] on the interacted frame (e.g. [D+, D-]), H = 16h.
+        W = softmax over memory positions of k_M^T k_Q / sqrt(CK) (no top-k); the maps are
+        area-downsampled to h x w, multiplied as d W and upsampled bilinearly to H x W.
+        Returns B x C x H x W, a convex combination of the downsampled diff values (so in
+        [0, 1] when diff is).
+        """
+        b, _, h, w = mem_key.shape
+        if query_key.shape[0] not in (1, b):
+            raise ValueError(f"query_key batch {query_key.shape[0]} does not match {b}")
+        query_key = query_key.expand(b, *query_key.shape[1:])
+        small = F.interpolate(diff, size=(h, w), mode="area")  # B x C x h x w
+        aligned = self.read(query_key, mem_key.unsqueeze(2), small.unsqueeze(2), top_k=None)
+        return F.interpolate(aligned, size=diff.shape[-2:], mode="bilinear", align_corners=False)
