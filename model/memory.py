@@ -1,10 +1,65 @@
-"""Space-time memory read: scaled dot-product affinity, optional top-k filtering, readout.
+"""Space-time memory read (spec b.4): the one implementation used for training and inference.
 
-Shapes: memory keys ``B x CK x N`` (N = T*H*W memory positions), memory values ``B x CV x N``,
-query keys ``B x CK x M`` (M = H*W query positions). The affinity is normalised over the
-memory axis (one distribution per query position).
+Shapes
+------
+* memory keys ``mem_key``     ``B x CK x N``  (N = T*h*w memory positions)
+* memory values ``mem_value`` ``B x CV x N``
+* query keys ``query_key``    ``B x CK x M``  (M = h*w query positions)
+* readout                     ``B x CV x M``
 
-This is the plain reference implementation; see the optimised version for large inputs.
+The affinity is ``F = k_M^T k_Q / sqrt(CK)`` (``N x M`` per batch item) and it is normalised over
+the *memory* axis: one distribution over the N memory positions per query column.
+
+Normalisation modes
+-------------------
+* ``top_k=None`` (training, ``--no_top``): softmax over all N entries of the column.
+* ``top_k=k``: per column keep the k largest affinities, subtract that column's own maximum,
+  exponentiate and divide by the sum over the k (a softmax restricted to the top-k set). The
+  maximum is taken per column and per batch item, so any batch size is handled correctly.
+  ``k >= N`` is the full softmax.
+* ``km_sigma=s`` (kernelized memory, ``--use_km``; the official value is 5.6 grid cells at
+  stride 16): for every memory position n the query position with the highest affinity
+  ``argmax_m F[n, m]`` is found, and an unnormalised 2-D Gaussian
+  ``exp(-((y_m - y_c)^2 + (x_m - x_c)^2) / (2 s^2))`` over the ``h x w`` query grid is centred
+  there. The column-wise ``exp(F - max_n F)`` is multiplied by it, the top-k (or, with
+  ``top_k=None``, all) entries of the product are kept and renormalised to sum to one. Any
+  constant factor in front of the Gaussian cancels in the renormalisation. If every kept
+  product of a column underflows to zero, that column's weights are zero (instead of NaN).
+
+How :func:`read_memory` works
+-----------------------------
+Query positions are processed in chunks of ``m`` columns so that the affinity block
+(``B x m x N``, stored query-major so that the reduction over memory runs along the contiguous
+axis) has at most ``max_elements`` elements; ``m`` is ``max_elements // (B*N)`` (at least 1).
+The default budget :data:`DEFAULT_MAX_ELEMENTS` is ``2**27`` elements, i.e. 512 MiB in float32
+for the block itself. Transient memory is a small multiple of the block: the full-softmax path
+holds the block and its softmax, the kernelized path the block, the Gaussian and their product.
+Every query column is independent of the others, so the chunked result equals the unchunked one
+up to floating-point rounding of the matrix products.
+
+With top-k the readout never forms the dense ``N x M`` weight matrix: for every query column
+the k selected value vectors (rows of the values laid out ``N x CV``) are summed with their k
+weights by one fused gather-and-weighted-sum kernel (``torch.nn.functional.embedding_bag`` in
+``sum`` mode with per-sample weights, which is differentiable w.r.t. both the values and the
+weights). The gathered ``k x CV`` vectors are never materialised, so the readout needs only its
+``(B*m) x CV`` output. It costs ``2*k*CV`` flops per query column instead of the ``2*N*CV`` of the
+dense product. The values are needed in ``N x CV`` layout, which costs one transposing copy per
+call (at 480p with T = 20 this copy, not the arithmetic, dominates the readout). A caller that
+keeps its values as ``B x N x CV`` and passes ``values.transpose(1, 2)`` avoids the copy.
+
+Kernelized memory needs, for every memory position, the arg-max over *all* query positions,
+which a single chunk cannot see. It is therefore computed in a first pass over the same query
+chunks (running maximum, first occurrence wins on ties), and the chunked read runs as a second
+pass. That costs one extra affinity computation.
+
+Autograd: all paths are differentiable w.r.t. keys and values (the top-k selection and the
+kernel centres are piecewise constant, as in any top-k). Under autograd the chunked path is used
+unchanged. Values and gradients are the same as unchunked, but each chunk keeps its own saved
+tensors for the backward pass, so the saved activations add up to roughly one full affinity
+(small at training sizes). Wrap the call in ``torch.utils.checkpoint`` if that ever matters.
+
+:func:`affinity`, :func:`softmax_topk` and :func:`softmax_topk_km` are dense reference
+versions (``B x N x M``) kept for tests and for small one-off uses.
 """
 
 from __future__ import annotations
@@ -12,21 +67,85 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DEFAULT_MAX_ELEMENTS",
+    "affinity",
+    "softmax_topk",
+    "softmax_topk_km",
+    "query_chunk_size",
+    "read_memory",
+]
+
+#: Default bound on the number of elements of one affinity block (2**27 = 512 MiB in float32).
+DEFAULT_MAX_ELEMENTS = 2**27
+
+
+# --------------------------------------------------------------------------------------------
+# dense reference pieces
+# --------------------------------------------------------------------------------------------
 
 
 def affinity(mem_key: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
-    """Scaled dot product ``k_M^T k_Q / sqrt(CK)``: B x N x M."""
+    """Scaled dot product ``k_M^T k_Q / sqrt(CK)``: ``B x N x M``.
+
+    The scale is applied to the query keys before the product (as in :func:`read_memory`, so
+    that both compute the same rounded affinities).
+    """
     ck = mem_key.shape[1]
-    return torch.einsum("bcn,bcm->bnm", mem_key, query_key) / math.sqrt(ck)
+    return torch.einsum("bcn,bcm->bnm", mem_key, query_key * (1.0 / math.sqrt(ck)))
 
 
 def softmax_topk(aff: torch.Tensor, top_k: int | None) -> torch.Tensor:
-    """Softmax over dim 1 (memory), restricted to the ``top_k`` largest entries per column."""
-    if top_k is None or top_k >= aff.shape[1]:
+    """Dense weights ``B x N x M``: softmax over dim 1 (memory), restricted to the top ``top_k``.
+
+    Entries outside the top-k set of their column are zero. ``None`` or ``top_k >= N`` is the
+    plain softmax.
+    """
+    k = _resolve_top_k(top_k, aff.shape[1])
+    if k is None:
         return torch.softmax(aff, dim=1)
-    values, indices = torch.topk(aff, k=top_k, dim=1)
-    weights = torch.softmax(values, dim=1)
-    return torch.zeros_like(aff).scatter_(1, indices, weights)
+    values, indices = torch.topk(aff, k=k, dim=1)
+    # subtract each column's own maximum (first entry of the sorted list), exp, normalise
+    weights = torch.exp(values - values[:, :1])
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return torch.zeros_like(aff).scatter(1, indices, weights)
+
+
+def softmax_topk_km(
+    aff: torch.Tensor, top_k: int | None, sigma: float, query_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Dense kernelized-memory weights ``B x N x M`` (see the module docstring)."""
+    n_mem, m_query = aff.shape[1], aff.shape[2]
+    h, w = _check_query_hw(query_hw, m_query)
+    _check_sigma(sigma)
+    k = _resolve_top_k(top_k, n_mem)
+    with torch.no_grad():
+        centres = aff.argmax(dim=2)  # B x N, query position with the highest affinity
+    gauss = _gaussian(centres, torch.arange(m_query, device=aff.device), w, sigma, aff.dtype)
+    gauss = gauss.transpose(1, 2)  # B x N x M
+    prod = torch.exp(aff - aff.amax(dim=1, keepdim=True)) * gauss
+    if k is None:
+        return prod / _safe_sum(prod, dim=1)
+    values, indices = torch.topk(prod, k=k, dim=1)
+    return torch.zeros_like(aff).scatter(1, indices, values / _safe_sum(values, dim=1))
+
+
+# --------------------------------------------------------------------------------------------
+# chunked read
+# --------------------------------------------------------------------------------------------
+
+
+def query_chunk_size(batch: int, n_mem: int, max_elements: int | None = None) -> int:
+    """Number of query columns per chunk so that ``batch * n_mem * chunk <= max_elements``.
+
+    Always at least 1 (a single column is processed even if it alone exceeds the budget).
+    """
+    budget = DEFAULT_MAX_ELEMENTS if max_elements is None else int(max_elements)
+    if budget < 1:
+        raise ValueError(f"max_elements must be positive, got {max_elements}")
+    return max(1, budget // max(1, batch * n_mem))
 
 
 def read_memory(
@@ -35,7 +154,182 @@ def read_memory(
     query_key: torch.Tensor,
     top_k: int | None = None,
     max_elements: int | None = None,
+    *,
+    km_sigma: float | None = None,
+    query_hw: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Readout ``v_M W``: B x CV x M. ``max_elements`` bounds the affinity block size."""
-    w = softmax_topk(affinity(mem_key, query_key), top_k)
-    return torch.bmm(mem_value, w)
+    """Memory readout ``v_M W``: ``B x CV x M``.
+
+    Args:
+        mem_key: ``B x CK x N`` memory keys.
+        mem_value: ``B x CV x N`` memory values.
+        query_key: ``B x CK x M`` query keys. A batch dimension of 1 in any of the three inputs
+            is broadcast to the common batch size.
+        top_k: keep the k largest affinities per query column (softmax restricted to them);
+            ``None`` (or ``k >= N``) is the full softmax over all N memory positions.
+        max_elements: bound on the elements of one ``B x chunk x N`` affinity block;
+            ``None`` means :data:`DEFAULT_MAX_ELEMENTS`.
+        km_sigma: kernelized-memory Gaussian width in query-grid cells (``None``: off).
+        query_hw: ``(h, w)`` of the query grid, ``h*w == M``; required with ``km_sigma``.
+    """
+    mem_key, mem_value, query_key = _broadcast_batch(mem_key, mem_value, query_key)
+    batch, ck, n_mem = mem_key.shape
+    cv = mem_value.shape[1]
+    m_query = query_key.shape[2]
+    k = _resolve_top_k(top_k, n_mem)
+    chunk = query_chunk_size(batch, n_mem, max_elements)
+    scale = 1.0 / math.sqrt(ck)
+
+    grid_w = 0
+    centres = None
+    if km_sigma is not None:
+        _check_sigma(km_sigma)
+        grid_w = _check_query_hw(query_hw, m_query)[1]
+        centres = _km_centres(mem_key, query_key, scale, chunk)
+
+    if m_query == 0:
+        return mem_value.new_zeros(batch, cv, 0)
+
+    values_rows = None
+    if k is not None:
+        # (B*N) x CV: one row per memory position; a no-op view for B x N x CV storage
+        values_rows = mem_value.transpose(1, 2).reshape(batch * n_mem, cv).contiguous()
+
+    pieces = []
+    for start in range(0, m_query, chunk):
+        stop = min(m_query, start + chunk)
+        q = query_key[:, :, start:stop] * scale
+        aff = torch.bmm(q.transpose(1, 2), mem_key)  # B x m x N (query-major)
+        if centres is not None:
+            pos = torch.arange(start, stop, device=aff.device)
+            gauss = _gaussian(centres, pos, grid_w, km_sigma, aff.dtype)
+            prod = torch.exp(aff - aff.amax(dim=2, keepdim=True)) * gauss
+            del aff, gauss
+            if k is None:
+                weights = prod / _safe_sum(prod, dim=2)
+            else:
+                vals, idx = torch.topk(prod, k=k, dim=2)
+                weights = vals / _safe_sum(vals, dim=2)
+            del prod
+        elif k is None:
+            weights = torch.softmax(aff, dim=2)
+            del aff
+        else:
+            vals, idx = torch.topk(aff, k=k, dim=2)  # sorted, descending
+            del aff
+            # softmax restricted to the top-k set: torch.softmax subtracts each column's own
+            # maximum (vals[..., 0]) before exponentiating
+            weights = torch.softmax(vals, dim=2)
+
+        if k is None:
+            pieces.append(torch.bmm(mem_value, weights.transpose(1, 2)))  # B x CV x m
+        else:
+            out = _gather_readout(values_rows, idx, weights, n_mem)
+            pieces.append(out.view(batch, stop - start, cv).transpose(1, 2))
+    return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _gather_readout(
+    values_rows: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, n_mem: int
+) -> torch.Tensor:
+    """Weighted sum of the selected value rows: ``(B*m) x CV``.
+
+    values_rows: ``(B*N) x CV``; idx, weights: ``B x m x k`` (indices into N per batch item).
+    """
+    batch, m, k = idx.shape
+    offsets = torch.arange(batch, device=idx.device).mul_(n_mem).view(batch, 1, 1)
+    flat_idx = (idx + offsets).reshape(batch * m, k)
+    return F.embedding_bag(
+        flat_idx, values_rows, per_sample_weights=weights.reshape(batch * m, k), mode="sum"
+    )
+
+
+def _km_centres(
+    mem_key: torch.Tensor, query_key: torch.Tensor, scale: float, chunk: int
+) -> torch.Tensor:
+    """First pass of kernelized memory: ``argmax_m F[b, n, m]`` over all M, as ``B x N`` long."""
+    best_val = best_idx = None
+    with torch.no_grad():
+        for start in range(0, query_key.shape[2], chunk):
+            q = query_key[:, :, start : start + chunk].detach() * scale
+            aff = torch.bmm(q.transpose(1, 2), mem_key.detach())  # B x m x N
+            val, arg = aff.max(dim=1)  # first occurrence within the chunk
+            arg = arg + start
+            if best_val is None:
+                best_val, best_idx = val, arg
+            else:
+                better = val > best_val  # strict: earlier chunks win ties
+                best_val = torch.where(better, val, best_val)
+                best_idx = torch.where(better, arg, best_idx)
+    return best_idx
+
+
+def _gaussian(
+    centres: torch.Tensor, positions: torch.Tensor, grid_w: int, sigma: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """``B x len(positions) x N`` Gaussian weights of query positions around memory centres.
+
+    centres: ``B x N`` flat query indices; positions: flat query indices of the chunk.
+    """
+    cy = torch.div(centres, grid_w, rounding_mode="floor").to(dtype).unsqueeze(1)
+    cx = (centres % grid_w).to(dtype).unsqueeze(1)
+    py = torch.div(positions, grid_w, rounding_mode="floor").to(dtype).view(1, -1, 1)
+    px = (positions % grid_w).to(dtype).view(1, -1, 1)
+    d2 = (py - cy).square_() + (px - cx).square_()
+    return torch.exp(d2.mul_(-0.5 / (sigma * sigma)))
+
+
+def _safe_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _resolve_top_k(top_k: int | None, n_mem: int) -> int | None:
+    """``None`` for the full softmax, else the number of entries to keep (``1 <= k < N``)."""
+    if top_k is None:
+        return None
+    top_k = int(top_k)
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    return None if top_k >= n_mem else top_k
+
+
+def _check_query_hw(query_hw: tuple[int, int] | None, m_query: int) -> tuple[int, int]:
+    if query_hw is None:
+        raise ValueError("kernelized memory (km_sigma) needs query_hw=(h, w)")
+    h, w = (int(v) for v in query_hw)
+    if h * w != m_query:
+        raise ValueError(f"query_hw {h}x{w} does not match {m_query} query positions")
+    return h, w
+
+
+def _check_sigma(sigma: float) -> None:
+    if not sigma > 0:
+        raise ValueError(f"km_sigma must be positive, got {sigma}")
+
+
+def _broadcast_batch(
+    mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    for name, t in (("mem_key", mem_key), ("mem_value", mem_value), ("query_key", query_key)):
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be 3-D (B x C x positions), got {tuple(t.shape)}")
+    if mem_key.shape[1] != query_key.shape[1]:
+        raise ValueError(
+            f"key channels differ: memory {mem_key.shape[1]} vs query {query_key.shape[1]}"
+        )
+    if mem_key.shape[2] != mem_value.shape[2]:
+        raise ValueError(
+            f"memory positions differ: keys {mem_key.shape[2]} vs values {mem_value.shape[2]}"
+        )
+    if mem_key.shape[2] == 0:
+        raise ValueError("the memory is empty (N == 0)")
+    sizes = {mem_key.shape[0], mem_value.shape[0], query_key.shape[0]}
+    batch = max(sizes)
+    if sizes - {1, batch}:
+        raise ValueError(f"batch sizes {sorted(sizes)} cannot be broadcast")
+    return tuple(t.expand(batch, -1, -1) for t in (mem_key, mem_value, query_key))
