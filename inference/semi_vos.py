@@ -1,0 +1,403 @@
+"""Forward-only propagation for semi-supervised VOS (reference spec, section g).
+
+:class:`SemiVOSPropagator` segments a video from the ground-truth masks of its annotated frames
+with a stateless :class:`model.propagation.PropagationNetwork`, in one forward pass from the first
+annotated frame to the last frame. Only the current frame's probabilities are kept, so a video of
+any length needs the memory of its memory bank plus one frame; every frame's label map is handed
+out (a generator) as soon as it is computed.
+
+Schedule
+--------
+Let ``r`` be the first annotated frame. For every frame ``t = r, r+1, ..., T-1``:
+
+1. ``t > r``: the query features of ``t`` are read against the memory, one object group at a time
+   (below); the per-object sigmoid outputs of the *enabled* objects are soft-aggregated with
+   background (:func:`model.aggregate.aggregate`, spec 0.3). Objects not yet seen are exactly 0.
+2. ``t`` has a ground-truth file (always true at ``r``): the objects listed in it are
+   "interacted": on the pixels of the listed objects every object channel is set to 0, each
+   listed object's channel becomes its ground-truth mask (so it is 0 elsewhere), the frame is
+   re-aggregated over the enabled objects, and it is memorised as a *permanent* frame for every
+   enabled object. Listed objects that were not enabled yet are enabled here. The permanent
+   counter restarts at ``t`` (the propagation that follows is a new segment).
+3. Otherwise, unless ``t`` is the last frame, ``t`` is memorised with its propagated
+   probabilities: as a permanent frame if ``t - last_permanent >= mem_every`` (so frames
+   ``r + 5, r + 10, ...`` with the default 5, counted from the segment's start), else into the
+   temporary slot (the previous frame, replaced by the next frame's write).
+4. Output (spec 0.2, semi-supervised order): crop the (K+1)-channel probabilities to the
+   processing size, resize them bilinearly (``align_corners=False``) to the output size when it
+   differs, argmax, copy to the CPU.
+
+For DAVIS (everything annotated on frame 0) this is the usual single pass: first-frame mask,
+every 5th frame plus the previous frame in memory, top-k read.
+
+Per-object memory
+-----------------
+Every object has its own memory keys/values (the memory encoder sees that object's mask and the
+sum of the other enabled objects' masks as "others"), and an object only has memory from its
+first appearance on. Objects that are enabled on the same frame have identical memory timelines
+from then on (they are memorised on the same frames), so they share one
+:class:`inference.memory_bank.MemoryBank` with one row per object: a *group*. A group is created
+at each annotated frame that introduces new objects; it persists for the rest of the video (its
+permanent entries are never dropped). A read runs the network once per group with the group's
+objects as the batch (``B = K_g``) and the query features of the frame shared (expanded). For
+DAVIS there is exactly one group; for YouTubeVOS one per frame on which new objects appear. This
+equals keeping one bank per object (the memory read is independent per object) without paying a
+network call per object.
+
+Aggregation is over the enabled objects only; the channels of objects that have not appeared
+yet stay exactly 0 (the reference implementation aggregates over all K channels, which gives
+those objects a probability of about 1e-7; the argmax is the same).
+
+Timing
+------
+Each :class:`FrameResult` carries ``seconds``: the wall time from the frame's uint8 array entering
+the model input path (conversion, normalisation, padding, transfer) to the label map on the CPU,
+CUDA-synchronised when the device is CUDA. Reading frames from disk and whatever the consumer
+does with a result (writing PNGs) are excluded. FPS over a set = total frames / total seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference.memory_bank import MemoryBank
+from model.aggregate import aggregate
+from util.tensor_util import normalize_image, pad_divide_by, unpad
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AMP_DTYPES", "FrameResult", "SemiVOSConfig", "SemiVOSPropagator"]
+
+#: accepted spellings of the autocast dtype
+AMP_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+@dataclass
+class SemiVOSConfig:
+    """Options of the semi-supervised propagator (defaults follow the reference protocol).
+
+    Attributes:
+        top_k: keep the top-k affinities per query position in the memory read (None = full
+            softmax over the memory).
+        mem_every: a propagated frame becomes permanent memory every ``mem_every`` frames,
+            counted from the last annotated frame.
+        include_last: keep the previous frame as temporary memory.
+        amp: autocast dtype for the network calls: None, ``"bf16"`` or ``"fp16"``.
+        record_memory: attach the memory layout used for each frame to its
+            :class:`FrameResult` (for tests and debugging).
+    """
+
+    top_k: int | None = 50
+    mem_every: int = 5
+    include_last: bool = True
+    amp: str | None = None
+    record_memory: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError on an invalid option."""
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
+        if not isinstance(self.mem_every, int) or self.mem_every < 1:
+            raise ValueError(f"mem_every must be an int >= 1, got {self.mem_every!r}")
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be None or one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+
+
+@dataclass
+class FrameResult:
+    """The segmentation of one frame.
+
+    Attributes:
+        index: frame index in the video.
+        labels: H0 x W0 uint8 label map at the output size, labels 0..K (the video's remapped
+            ids; 0 = background).
+        seconds: compute time of this frame (see the module docstring).
+        annotated: the frame had a ground-truth file (its listed objects were overwritten).
+        memory: with ``record_memory``: one ``(object ids, permanent frames, temporary frame)``
+            tuple per group, as the memory stood when the frame was segmented (empty for the
+            first annotated frame, which is not segmented).
+    """
+
+    index: int
+    labels: np.ndarray
+    seconds: float
+    annotated: bool = False
+    memory: list[tuple[list[int], list[int], int | None]] = field(default_factory=list)
+
+
+@dataclass
+class _Group:
+    """Objects that entered on the same frame and share one memory bank (one row each)."""
+
+    objects: list[int]  # remapped ids, in the order of their rows
+    bank: MemoryBank
+    permanent_frames: list[int] = field(default_factory=list)
+    temporary_frame: int | None = None
+
+
+class SemiVOSPropagator:
+    """Semi-supervised propagation of ground-truth masks through a video (forward only).
+
+    Args:
+        prop_net: a :class:`model.propagation.PropagationNetwork` (put into eval mode here).
+        config: :class:`SemiVOSConfig` (default: top-k 50, mem_every 5, previous frame kept).
+        device: where the network runs (the network is moved there).
+    """
+
+    def __init__(
+        self,
+        prop_net: torch.nn.Module,
+        config: SemiVOSConfig | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config = config or SemiVOSConfig()
+        self.config.validate()
+        self.device = torch.device(device)
+        self.prop_net = prop_net.to(self.device).eval()
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.config.amp is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.config.amp])
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _input(self, frame: Any, t: int, hw: tuple[int, int]) -> torch.Tensor:
+        """H x W x 3 uint8 RGB frame -> padded, normalised 1 x 3 x Hp x Wp float on the device."""
+        arr = np.asarray(frame)
+        if arr.shape != (hw[0], hw[1], 3):
+            raise ValueError(
+                f"frame {t} has shape {arr.shape}, expected {(hw[0], hw[1], 3)}: all frames of a "
+                "video must have the processing size of its first frame"
+            )
+        if arr.dtype != np.uint8:
+            raise ValueError(f"frame {t}: expected uint8 RGB, got {arr.dtype}")
+        if not arr.flags.writeable or not arr.flags.c_contiguous:
+            arr = np.array(arr, copy=True)  # cached reader frames are read-only
+        x = torch.from_numpy(arr).to(self.device)
+        x = x.permute(2, 0, 1).float().div_(255)
+        padded, _ = pad_divide_by(normalize_image(x).unsqueeze(0), 16)
+        return padded
+
+    def _segment(self, query: Any, groups: list[_Group], enabled: list[int],
+                 num_objects: int, shape: tuple[int, int]) -> torch.Tensor:
+        """Read every group's memory for one query frame.
+
+        query: QueryFeatures (batch 1). Returns (K+1) x Hp x Wp probabilities: the enabled
+        objects soft-aggregated with background, other object channels exactly 0.
+        """
+        prob = torch.zeros(num_objects + 1, *shape, device=self.device)
+        if not enabled:
+            prob[0] = 1.0
+            return prob
+        per_object = []
+        for g in groups:
+            mem_key, mem_value = g.bank.read_tensors()  # K_g x CK x N, K_g x CV x N
+            with self._autocast():
+                logits = self.prop_net.segment(query, mem_key, mem_value, top_k=self.config.top_k)
+            per_object.append(torch.sigmoid(logits.float())[:, 0])  # K_g x Hp x Wp
+        obj = torch.cat(per_object, dim=0)  # E x Hp x Wp, rows in `enabled` order
+        agg = aggregate(obj, dim=0)  # (E+1) x Hp x Wp
+        prob[0] = agg[0]
+        prob[torch.as_tensor(enabled, device=self.device)] = agg[1:]
+        return prob
+
+    def _overwrite(self, prob: torch.Tensor | None, labels: torch.Tensor, listed: Sequence[int],
+                   enabled: list[int], num_objects: int) -> torch.Tensor:
+        """Put the ground truth of the listed objects into ``prob`` and re-aggregate.
+
+        prob: (K+1) x Hp x Wp current probabilities or None (first annotated frame);
+        labels: Hp x Wp long label map (0..K, padded with 0); enabled: the enabled objects
+        *including* the listed ones. Returns the new (K+1) x Hp x Wp probabilities.
+        """
+        if prob is None:
+            prob = torch.zeros(num_objects + 1, *labels.shape, device=self.device)
+        obj = prob[1:].clone()
+        if listed:
+            ids = torch.as_tensor(list(listed), device=self.device)
+            region = torch.isin(labels, ids)
+            obj[:, region] = 0
+            for o in listed:
+                obj[o - 1] = (labels == o).float()
+        out = torch.zeros_like(prob)
+        if not enabled:
+            out[0] = 1.0
+            return out
+        rows = torch.as_tensor([o - 1 for o in enabled], device=self.device)
+        agg = aggregate(obj[rows], dim=0)
+        out[0] = agg[0]
+        out[rows + 1] = agg[1:]
+        return out
+
+    def _memorise(self, image: torch.Tensor, prob: torch.Tensor, groups: list[_Group],
+                  enabled: list[int], t: int, permanent: bool) -> None:
+        """Encode frame t for every enabled object and store it in each group's bank."""
+        if not enabled:
+            return
+        rows = torch.as_tensor(enabled, device=self.device)
+        masks = prob[rows].unsqueeze(1)  # E x 1 x Hp x Wp
+        others = prob[1:].sum(0, keepdim=True).unsqueeze(0) - masks  # E x 1 x Hp x Wp
+        with self._autocast():
+            key, value = self.prop_net.encode_memory(
+                image.expand(len(enabled), -1, -1, -1), masks, others
+            )
+        key, value = key.float(), value.float()
+        start = 0
+        for g in groups:
+            n = len(g.objects)
+            k, v = key[start:start + n], value[start:start + n]
+            start += n
+            if permanent:
+                g.bank.add_permanent(k, v)
+                g.permanent_frames.append(t)
+                g.temporary_frame = None
+            else:
+                g.bank.set_temporary(k, v)
+                g.temporary_frame = t
+
+    def _output(self, prob: torch.Tensor, pad: tuple[int, int, int, int],
+                out_hw: tuple[int, int]) -> np.ndarray:
+        """(K+1) x Hp x Wp -> H0 x W0 uint8 labels: crop, bilinear resize, argmax, to CPU."""
+        p = unpad(prob, pad)
+        if tuple(p.shape[-2:]) != tuple(out_hw):
+            p = F.interpolate(p.unsqueeze(0), size=tuple(out_hw), mode="bilinear",
+                              align_corners=False)[0]
+        return torch.argmax(p, dim=0).to(torch.uint8).cpu().numpy()
+
+    # ------------------------------------------------------------------ public API
+    def propagate(
+        self,
+        frames: Sequence[Any],
+        annotations: Mapping[int, np.ndarray],
+        num_objects: int,
+        objects_per_frame: Mapping[int, Sequence[int]] | None = None,
+        output_size: tuple[int, int] | None = None,
+    ) -> Iterator[FrameResult]:
+        """Segment a video; yields one :class:`FrameResult` per frame from the first annotated one.
+
+        Args:
+            frames: T frames, each H x W x 3 RGB uint8 at the processing size (e.g. a lazy
+                :class:`util.video_io.FrameSource`; each frame is read once, in order).
+            annotations: frame index -> H x W label map (0 = background, 1..K) at the
+                processing size. At least one frame.
+            num_objects: K.
+            objects_per_frame: frame index -> the objects listed in that annotation (default:
+                the non-zero labels of the map). Listed objects absent from a (downsized) map
+                become empty masks.
+            output_size: (H0, W0) of the returned label maps (default: the processing size).
+
+        Yields:
+            FrameResult for t = first annotated frame, ..., T-1, in order.
+        """
+        T = len(frames)
+        if T == 0:
+            raise ValueError("the video has no frames")
+        if not annotations:
+            raise ValueError("semi-supervised propagation needs at least one annotated frame")
+        if num_objects < 0:
+            raise ValueError(f"num_objects must be >= 0, got {num_objects}")
+        bad = [t for t in annotations if not 0 <= t < T]
+        if bad:
+            raise ValueError(f"annotated frames {sorted(bad)} out of range for {T} frames")
+        first_map = np.asarray(annotations[min(annotations)])
+        hw = (int(first_map.shape[0]), int(first_map.shape[1]))
+        out_hw = tuple(output_size) if output_size is not None else hw
+        listed_at: dict[int, list[int]] = {}
+        for t, m in annotations.items():
+            m = np.asarray(m)
+            if m.shape != hw:
+                raise ValueError(f"annotation of frame {t} is {m.shape}, expected {hw}")
+            listed = (
+                [int(v) for v in np.unique(m) if v != 0]
+                if objects_per_frame is None or t not in objects_per_frame
+                else sorted(int(o) for o in objects_per_frame[t])
+            )
+            if any(not 1 <= o <= num_objects for o in listed) or (m.size and int(m.max()) > num_objects):
+                raise ValueError(
+                    f"annotation of frame {t} holds labels outside 1..{num_objects}: "
+                    f"{sorted(set(np.unique(m).tolist()) | set(listed))}"
+                )
+            listed_at[t] = listed
+
+        start = min(annotations)
+        _, pad = pad_divide_by(torch.zeros(1, 1, *hw), 16)
+        hp, wp = hw[0] + pad[2] + pad[3], hw[1] + pad[0] + pad[1]
+
+        groups: list[_Group] = []
+        enabled: list[int] = []
+        prob: torch.Tensor | None = None
+        last_permanent = start
+        logger.debug("propagating %d frames (%d objects) from frame %d", T - start, num_objects, start)
+
+        for t in range(start, T):
+            frame = frames[t]  # disk I/O, not timed
+            annotated = t in annotations
+            label_np = np.asarray(annotations[t]) if annotated else None
+            self._sync()
+            tic = time.perf_counter()
+            with torch.inference_mode():
+                image = self._input(frame, t, hw)
+                memory = []
+                if self.config.record_memory and t > start:
+                    memory = [(list(g.objects), list(g.permanent_frames), g.temporary_frame)
+                              for g in groups]
+                if t > start:
+                    with self._autocast():
+                        query = self.prop_net.encode_query(image)
+                    prob = self._segment(query, groups, enabled, num_objects, (hp, wp))
+                if annotated:
+                    listed = listed_at[t]
+                    new = [o for o in listed if o not in enabled]
+                    if new:
+                        enabled.extend(new)
+                        groups.append(_Group(objects=list(new), bank=MemoryBank()))
+                        logger.debug("frame %d: objects %s enter", t, new)
+                    labels, _ = pad_divide_by(
+                        torch.from_numpy(label_np.astype(np.int64)).to(self.device), 16
+                    )
+                    prob = self._overwrite(prob, labels, listed, enabled, num_objects)
+                    self._memorise(image, prob, groups, enabled, t, permanent=True)
+                    last_permanent = t
+                elif t < T - 1:
+                    if t - last_permanent >= self.config.mem_every:
+                        self._memorise(image, prob, groups, enabled, t, permanent=True)
+                        last_permanent = t
+                    elif self.config.include_last:
+                        self._memorise(image, prob, groups, enabled, t, permanent=False)
+                labels_out = self._output(prob, pad, out_hw)
+            self._sync()
+            seconds = time.perf_counter() - tic
+            yield FrameResult(index=t, labels=labels_out, seconds=seconds, annotated=annotated,
+                              memory=memory)
+
+    def segment_sequence(self, seq: Any) -> Iterator[FrameResult]:
+        """Segment a :class:`dataset.eval_datasets.VideoSequence`.
+
+        Annotations are resized (nearest) to the sequence's processing size; the label maps come
+        out at ``seq.original_size`` with the remapped ids 0..K (``seq.write_prediction`` maps
+        them back). Yields a :class:`FrameResult` per frame from ``seq.first_annotated_frame``.
+        """
+        annotations = {t: seq.annotation_resized(t) for t in seq.annotated_frames}
+        return self.propagate(
+            seq.frames,
+            annotations,
+            seq.num_objects,
+            objects_per_frame=seq.objects_per_frame,
+            output_size=tuple(seq.original_size),
+        )
