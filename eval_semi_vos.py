@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a propagated frame becomes permanent memory every N frames, counted from "
                         "the (last) annotated frame (default 5); the previous frame is always kept "
                         "as temporary memory")
+    g.add_argument("--km-sigma", type=float, default=None,
+                   help="kernelized memory read with this Gaussian sigma (stride-16 grid units; "
+                        "the original used 5.6 for some YouTubeVOS / test-dev results)")
     g.add_argument("--size", type=_size, default=None,
                    help="shorter side of the network input in pixels, -1 = the stored size. Frames "
                         "are resized bicubically, annotations nearest; outputs are resized back "
@@ -573,7 +576,8 @@ def _build_propagator(args: argparse.Namespace, device):
     else:
         net = build_propagation(args.preset)
         load_weights(net, args.prop_model, strict=True)
-    config = SemiVOSConfig(top_k=args.top_k, mem_every=args.mem_every, amp=args.amp)
+    config = SemiVOSConfig(top_k=args.top_k, mem_every=args.mem_every, amp=args.amp,
+                           km_sigma=args.km_sigma)
     return SemiVOSPropagator(net, config, device)
 
 

@@ -98,6 +98,8 @@ class SemiVOSConfig:
         amp: autocast dtype for the network calls: None, ``"bf16"`` or ``"fp16"``.
         record_memory: attach the memory layout used for each frame to its
             :class:`FrameResult` (for tests and debugging).
+        km_sigma: kernelized memory read (sigma in stride-16 grid units; the original used 5.6
+            for some YouTubeVOS / test-dev results); None = plain top-k read.
     """
 
     top_k: int | None = 50
@@ -105,6 +107,7 @@ class SemiVOSConfig:
     include_last: bool = True
     amp: str | None = None
     record_memory: bool = False
+    km_sigma: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError on an invalid option."""
@@ -210,7 +213,8 @@ class SemiVOSPropagator:
         for g in groups:
             mem_key, mem_value = g.bank.read_tensors()  # K_g x CK x N, K_g x CV x N
             with self._autocast():
-                logits = self.prop_net.segment(query, mem_key, mem_value, top_k=self.config.top_k)
+                logits = self.prop_net.segment(query, mem_key, mem_value, top_k=self.config.top_k,
+                                               km_sigma=self.config.km_sigma)
             per_object.append(torch.sigmoid(logits.float())[:, 0])  # K_g x Hp x Wp
         obj = torch.cat(per_object, dim=0)  # E x Hp x Wp, rows in `enabled` order
         agg = aggregate(obj, dim=0)  # (E+1) x Hp x Wp

@@ -244,6 +244,7 @@ class PropagationNetwork(nn.Module):
         mem_key: torch.Tensor,
         mem_value: torch.Tensor,
         top_k: int | None = None,
+        km_sigma: float | None = None,
     ) -> torch.Tensor:
         """Memory readout: query_key B x CK x h x w, mem_key B x CK x T x h' x w' (or already
         flattened, B x CK x N), mem_value B x CV x T x h' x w' (or B x CV x N) -> B x CV x h x w."""
@@ -254,6 +255,8 @@ class PropagationNetwork(nn.Module):
             query_key.flatten(start_dim=2),  # B x CK x [h w]
             top_k=top_k,
             max_elements=self.memory_budget,
+            km_sigma=km_sigma,
+            query_hw=(h, w) if km_sigma is not None else None,
         )
         return readout.reshape(b, -1, h, w)
 
@@ -263,6 +266,7 @@ class PropagationNetwork(nn.Module):
         mem_key: torch.Tensor,
         mem_value: torch.Tensor,
         top_k: int | None = None,
+        km_sigma: float | None = None,
     ) -> torch.Tensor:
         """Segment a query frame from memory, one row per object.
 
@@ -270,6 +274,8 @@ class PropagationNetwork(nn.Module):
         mem_key: B x CK x T x h x w; mem_value: B x CV x T x h x w (B = objects), or both
         flattened over the memory positions (B x CK x N, B x CV x N, N = T*h*w, frame-major).
         top_k: keep the top-k affinities per query position (None = full softmax, training).
+        km_sigma: kernelized memory read (Gaussian sigma in stride-16 grid units, 5.6 in the
+        original's YouTubeVOS / test-dev runs); None = plain read.
         Returns logits B x 1 x H x W (sigmoid -> probability per object).
         """
         if mem_key.dim() not in (3, 5) or mem_value.dim() != mem_key.dim():
@@ -278,7 +284,7 @@ class PropagationNetwork(nn.Module):
                 f"{tuple(mem_key.shape)} and {tuple(mem_value.shape)}"
             )
         query = query.expand(mem_key.shape[0])
-        readout = self.read(query.key, mem_key, mem_value, top_k)
+        readout = self.read(query.key, mem_key, mem_value, top_k, km_sigma)
         x = torch.cat([readout, query.value], dim=1)  # B x 2CV x h x w
         return self.decoder(x, query.f8, query.f4)
 

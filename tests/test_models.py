@@ -324,3 +324,19 @@ def test_fusion_rejects_bad_dist():
     with pytest.raises(ValueError, match="dist"):
         net(torch.randn(1, 3, 16, 16), torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16),
             torch.rand(1, 2, 16, 16), torch.tensor([0.5, 0.5]))
+
+
+def test_segment_kernelized_memory_option():
+    torch.manual_seed(3)
+    net = build_propagation("lite").eval()
+    with torch.no_grad():
+        image = torch.randn(1, 3, 64, 64)
+        query = net.encode_query(image)
+        key, value = net.encode_memory(image.expand(2, -1, -1, -1), torch.rand(2, 1, 64, 64),
+                                       torch.rand(2, 1, 64, 64))
+        mem_k, mem_v = key.unsqueeze(2), value.unsqueeze(2)
+        plain = net.segment(query, mem_k, mem_v, top_k=5)
+        wide = net.segment(query, mem_k, mem_v, top_k=5, km_sigma=1e6)
+        narrow = net.segment(query, mem_k, mem_v, top_k=5, km_sigma=0.5)
+    assert torch.allclose(plain, wide, atol=1e-5)
+    assert not torch.allclose(plain, narrow, atol=1e-4)
