@@ -251,7 +251,8 @@ class InferenceCore:
         mem_key, mem_value = bank.read_tensors()
         with self._autocast():
             logits = self.prop_net.segment(self.query_features(t), mem_key, mem_value,
-                                           top_k=self.config.top_k)
+                                           top_k=self.config.top_k,
+                                           memory_budget=self.config.memory_budget)
         return aggregate(torch.sigmoid(logits.float())[:, 0], dim=0)
 
     def _fuse(self, t: int, prev: torch.Tensor, curr: torch.Tensor, t_c: int, t_r: int,
@@ -270,7 +271,8 @@ class InferenceCore:
             return n_r * prev + n_c * curr
         query = self.query_features(t)
         with self._autocast():
-            attn = self.prop_net.attention_transfer(ref_key, query.key, diff)
+            attn = self.prop_net.attention_transfer(ref_key, query.key, diff,
+                                                    memory_budget=self.config.memory_budget)
             dist = torch.tensor([[n_c, n_r]], device=self.device).expand(self.k, -1)
             image = self.image(t).expand(self.k, -1, -1, -1)
             logits = self.fusion_net(image, prev[1:].unsqueeze(1), curr[1:].unsqueeze(1),

@@ -244,9 +244,9 @@ def _gather_readout(
     batch, m, k = idx.shape
     offsets = torch.arange(batch, device=idx.device).mul_(n_mem).view(batch, 1, 1)
     flat_idx = (idx + offsets).reshape(batch * m, k)
-    return F.embedding_bag(
-        flat_idx, values_rows, per_sample_weights=weights.reshape(batch * m, k), mode="sum"
-    )
+    # under autocast the weights can come out in a lower precision than the stored values
+    per_sample = weights.reshape(batch * m, k).to(values_rows.dtype)
+    return F.embedding_bag(flat_idx, values_rows, per_sample_weights=per_sample, mode="sum")
 
 
 def _km_centres(

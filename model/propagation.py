@@ -245,6 +245,7 @@ class PropagationNetwork(nn.Module):
         mem_value: torch.Tensor,
         top_k: int | None = None,
         km_sigma: float | None = None,
+        memory_budget: int | None = None,
     ) -> torch.Tensor:
         """Memory readout: query_key B x CK x h x w, mem_key B x CK x T x h' x w' (or already
         flattened, B x CK x N), mem_value B x CV x T x h' x w' (or B x CV x N) -> B x CV x h x w."""
@@ -254,7 +255,7 @@ class PropagationNetwork(nn.Module):
             mem_value.flatten(start_dim=2),  # B x CV x [T h' w']
             query_key.flatten(start_dim=2),  # B x CK x [h w]
             top_k=top_k,
-            max_elements=self.memory_budget,
+            max_elements=self.memory_budget if memory_budget is None else memory_budget,
             km_sigma=km_sigma,
             query_hw=(h, w) if km_sigma is not None else None,
         )
@@ -267,6 +268,7 @@ class PropagationNetwork(nn.Module):
         mem_value: torch.Tensor,
         top_k: int | None = None,
         km_sigma: float | None = None,
+        memory_budget: int | None = None,
     ) -> torch.Tensor:
         """Segment a query frame from memory, one row per object.
 
@@ -276,6 +278,7 @@ class PropagationNetwork(nn.Module):
         top_k: keep the top-k affinities per query position (None = full softmax, training).
         km_sigma: kernelized memory read (Gaussian sigma in stride-16 grid units, 5.6 in the
         original's YouTubeVOS / test-dev runs); None = plain read.
+        memory_budget: affinity elements per chunk of this read (None = ``self.memory_budget``).
         Returns logits B x 1 x H x W (sigmoid -> probability per object).
         """
         if mem_key.dim() not in (3, 5) or mem_value.dim() != mem_key.dim():
@@ -284,12 +287,13 @@ class PropagationNetwork(nn.Module):
                 f"{tuple(mem_key.shape)} and {tuple(mem_value.shape)}"
             )
         query = query.expand(mem_key.shape[0])
-        readout = self.read(query.key, mem_key, mem_value, top_k, km_sigma)
+        readout = self.read(query.key, mem_key, mem_value, top_k, km_sigma, memory_budget)
         x = torch.cat([readout, query.value], dim=1)  # B x 2CV x h x w
         return self.decoder(x, query.f8, query.f4)
 
     def attention_transfer(
-        self, mem_key: torch.Tensor, query_key: torch.Tensor, diff: torch.Tensor
+        self, mem_key: torch.Tensor, query_key: torch.Tensor, diff: torch.Tensor,
+        memory_budget: int | None = None,
     ) -> torch.Tensor:
         """Align difference maps of an interacted frame to a target frame (fusion input A).
 
@@ -298,6 +302,7 @@ class PropagationNetwork(nn.Module):
         diff: B x C x H x W maps in [0, 1] on the interacted frame (e.g. [D+, D-]), H = 16h.
         W = softmax over memory positions of k_M^T k_Q / sqrt(CK) (no top-k); the maps are
         area-downsampled to h x w, multiplied as d W and upsampled bilinearly to H x W.
+        memory_budget: affinity elements per chunk (None = ``self.memory_budget``).
         Returns B x C x H x W, a convex combination of the downsampled diff values (so in
         [0, 1] when diff is).
         """
@@ -306,5 +311,6 @@ class PropagationNetwork(nn.Module):
             raise ValueError(f"query_key batch {query_key.shape[0]} does not match {b}")
         query_key = query_key.expand(b, *query_key.shape[1:])
         small = F.interpolate(diff, size=(h, w), mode="area")  # B x C x h x w
-        aligned = self.read(query_key, mem_key.unsqueeze(2), small.unsqueeze(2), top_k=None)
+        aligned = self.read(query_key, mem_key.unsqueeze(2), small.unsqueeze(2), top_k=None,
+                            memory_budget=memory_budget)
         return F.interpolate(aligned, size=diff.shape[-2:], mode="bilinear", align_corners=False)

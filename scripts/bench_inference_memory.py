@@ -132,23 +132,28 @@ def child(spec: dict) -> dict:
 
 
 def estimate_original_gib(spec: dict) -> float:
-    """Storage the original keeps for a video, before any network work: padded float32 frames,
-    float32 (K+1)-channel probabilities, and uint8 masks (used to skip runs that cannot fit)."""
+    """Memory the original needs at the end of a pass, before the networks' own activations:
+    padded float32 frames, float32 (K+1)-channel probabilities, uint8 masks, and the affinity of
+    one whole memory read (K x N x HW float32, N = memory positions). Used to skip runs that
+    cannot fit on the machine."""
     h, w = RESOLUTIONS[spec["resolution"]]
     hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
     t, k = spec["frames"], spec["objects"]
     frames = t * 3 * hp * wp * 4
     prob = (k + 1) * t * hp * wp * 4
     masks = t * h * w
-    return (frames + prob + masks) / 2**30
+    hw16 = (hp // 16) * (wp // 16)
+    memory_frames = 2 + (t - 1) // 5  # permanent frames at the end of a pass + the temporary one
+    affinity = k * memory_frames * hw16 * hw16 * 4
+    return (frames + prob + masks + affinity) / 2**30
 
 
 def run_child(spec: dict, timeout: float, max_gib: float = 18.0) -> dict:
     if spec["setup"] == "original":
         need = estimate_original_gib(spec)
         if need > max_gib:
-            return {**spec, "error": f"not run: frames + probabilities alone need {need:.1f} GiB "
-                                     f"(> {max_gib:.0f} GiB limit of this benchmark)"}
+            return {**spec, "error": f"not run: frames, probabilities and one whole-affinity read "
+                                     f"need {need:.1f} GiB (> {max_gib:.0f} GiB limit of this benchmark)"}
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-frames", type=int, default=3, help="frames propagated by a probe run")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     p.add_argument("--max-gib", type=float, default=18.0,
-                   help="skip 'original' runs whose frame and probability storage alone exceeds this")
+                   help="skip 'original' runs whose frames, probabilities and affinity exceed this")
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--markdown", help="write a Markdown table")
     args = p.parse_args(argv)

@@ -57,7 +57,7 @@ class RecordingProp(torch.nn.Module):
         value = torch.nn.functional.avg_pool2d(mask, 16)
         return key, value
 
-    def segment(self, query, mem_key, mem_value, top_k=None):
+    def segment(self, query, mem_key, mem_value, top_k=None, memory_budget=None):
         hw = query.key.shape[-2] * query.key.shape[-1]
         frames = mem_key[0, 0].reshape(-1, hw)[:, 0].round().long().tolist()
         self.reads.append((query.t, frames))
@@ -68,7 +68,7 @@ class RecordingProp(torch.nn.Module):
         logits[0] = 2.0
         return logits
 
-    def attention_transfer(self, mem_key, query_key, diff):
+    def attention_transfer(self, mem_key, query_key, diff, memory_budget=None):
         self.attention.append(int(query_key.flatten()[0].item()))
         return diff
 
