@@ -1,4 +1,4 @@
-"""Train the difference-aware fusion network (spec f.3) with a frozen propagation model.
+"""Train the difference-aware fusion network (REFERENCE.md f.3) with a frozen propagation model.
 
 Stages (``--stage``):
 

@@ -1,4 +1,4 @@
-"""Train the propagation network (spec f.2), one stage per run.
+"""Train the propagation network (REFERENCE.md f.2), one stage per run.
 
 Stages (``--stage``):
 
@@ -141,7 +141,7 @@ def build_dataset(cfg, info):
 
 
 def curriculum(cfg, data) -> Any:
-    """``on_epoch`` callback setting ``max_jump`` of every video dataset (spec f.2)."""
+    """``on_epoch`` callback setting ``max_jump`` of every video dataset (REFERENCE.md f.2)."""
     from dataset.vos_dataset import VOSClipDataset, max_jump_for_epoch
     from util.trainer import iter_datasets
 

@@ -1,4 +1,4 @@
-"""Train the scribble-to-mask (S2M) network (spec f.4).
+"""Train the scribble-to-mask (S2M) network (REFERENCE.md f.4).
 
 Examples::
 
@@ -38,7 +38,7 @@ DESCRIPTION = __doc__
 
 
 class S2MTask(TrainTask):
-    """Batch -> S2M forward -> bootstrapped CE over the batch (spec f.4)."""
+    """Batch -> S2M forward -> bootstrapped CE over the batch (REFERENCE.md f.4)."""
 
     def __init__(self, start_warm: int, end_warm: int, top_p: float):
         from model.losses import BootstrappedCE

@@ -1,4 +1,4 @@
-"""Fusion training samples from pre-computed propagations (spec f.3).
+"""Fusion training samples from pre-computed propagations (REFERENCE.md f.3).
 
 Input folders:
 

@@ -1,9 +1,9 @@
-"""Pre-compute fusion training data: propagations of ground-truth masks (spec f.3).
+"""Pre-compute fusion training data: propagations of ground-truth masks (REFERENCE.md f.3).
 
 For every video and every reference frame ``r = 0, s, 2s, ...`` (``s`` = ``--separation``):
 the objects with more than ``--min-pixels`` (100) pixels in the ground truth of ``r`` (at most
 the first ``--max-objects`` (5), by label) are propagated from the ground-truth mask of ``r``
-(aggregated with background, spec 0.3) forwards and backwards with the propagation network,
+(aggregated with background, REFERENCE.md 0.3) forwards and backwards with the propagation network,
 using the inference memory rule (reference frame + every ``--mem-every``-th frame of the pass
 + the previous frame as temporary memory; top-k ``--top-k``), over the whole video or over
 ``r +- --range`` frames. Each object's probability at every reached frame (the reference frame
@@ -237,7 +237,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="python -m dataset.generate_fusion",
         description="Propagate ground-truth masks from every s-th frame with a trained "
                     "propagation network and store the per-object probabilities as 8-bit "
-                    "PNGs (fusion training data, spec f.3). Resumable: finished videos are "
+                    "PNGs (fusion training data, REFERENCE.md f.3). Resumable: finished videos are "
                     "skipped.")
     p.add_argument("--data", required=True, metavar="ROOT",
                    help="dataset root: DAVIS layout (JPEGImages/480p, Annotations/480p; the "

@@ -78,7 +78,7 @@ def perturb_mask(
 
     Args:
         mask: H x W, non-zero = foreground (bool, 0/1 or 0/255).
-        target_iou: stop as soon as IoU(result, mask) < target_iou (spec range [0.4, 0.95]).
+        target_iou: stop as soon as IoU(result, mask) < target_iou (the reference range is [0.4, 0.95]).
         rng: the sample's generator (the only randomness used).
         max_rounds: at most this many rounds of ``rects_per_round`` rectangles.
         size_range: inclusive range of structuring-element sizes.

@@ -4,7 +4,7 @@ Given a ground-truth mask ``gt`` and an existing mask ``mask`` (both H x W, non-
 foreground), the false negatives ``gt & ~mask`` receive *positive* scribbles and the false
 positives ``mask & ~gt`` receive *negative* scribbles.
 
-Two generators, as in the S2M recipe (spec f.4):
+Two generators, as in the S2M recipe (REFERENCE.md f.4):
 
 * :func:`robot_scribbles` -- the official DAVIS interactive robot
   (``davisinteractive.robot.InteractiveScribblesRobot``, imported lazily through
@@ -185,7 +185,7 @@ def _extra_curves(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def synthetic_scribbles(gt: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                         extra_prob: float = EXTRA_CURVES_PROB) -> tuple[np.ndarray, np.ndarray]:
-    """Hand-made scribbles (the non-robot branch of spec f.4).
+    """Hand-made scribbles (the non-robot branch of REFERENCE.md f.4).
 
     Args:
         gt, mask: H x W, non-zero = foreground.
@@ -269,7 +269,7 @@ def scribbles_from_errors(
     extra_prob: float = EXTRA_CURVES_PROB,
     clip_to_gt: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positive / negative scribble maps for S2M training (spec f.4).
+    """Positive / negative scribble maps for S2M training (REFERENCE.md f.4).
 
     Args:
         gt, mask: H x W, non-zero = foreground; ``mask`` is the existing (input) mask.

@@ -1,8 +1,8 @@
 """Training samples made from static image + mask datasets (FSS-1000, DUTS, ECSSD, BIG, HRSOD).
 
-* :class:`StaticClipDataset` -- propagation stage 0 (spec f.2): one image and its mask become a
+* :class:`StaticClipDataset` -- propagation stage 0 (REFERENCE.md f.2): one image and its mask become a
   synthetic 3-frame clip.
-* :class:`S2MDataset` -- S2M training (spec f.4): one augmented image, its mask, a synthetic
+* :class:`S2MDataset` -- S2M training (REFERENCE.md f.4): one augmented image, its mask, a synthetic
   existing mask and synthetic corrective scribbles.
 
 Folder layouts are those of :func:`dataset.common.list_image_mask_pairs`; each dataset takes a
@@ -75,7 +75,7 @@ class _StaticBase(Dataset):
 
 
 class StaticClipDataset(_StaticBase):
-    """Three-frame pseudo clips from single images (propagation stage 0, spec f.2).
+    """Three-frame pseudo clips from single images (propagation stage 0, REFERENCE.md f.2).
 
     Augmentation:
 
@@ -146,7 +146,7 @@ class StaticClipDataset(_StaticBase):
 
 
 class S2MDataset(_StaticBase):
-    """Scribble-to-mask samples from static images (spec f.4).
+    """Scribble-to-mask samples from static images (REFERENCE.md f.4).
 
     Augmentation: affine (rotation +-20 deg, scale ``scale`` (0.8-1.25 static), shear 10;
     bilinear image, nearest mask), resize shorter side to ``size`` (bicubic image, nearest

@@ -1,4 +1,4 @@
-"""Three-frame training clips from annotated videos: DAVIS, YouTube-VOS and BL30K (spec f.2).
+"""Three-frame training clips from annotated videos: DAVIS, YouTube-VOS and BL30K (REFERENCE.md f.2).
 
 Folder layouts (detected from ``root``)::
 
@@ -104,7 +104,7 @@ def max_jump_for_epoch(epoch: int, total_epochs: int,
 
 def sample_frame_indices(n_frames: int, max_jump: int, rng: np.random.Generator,
                          reverse_prob: float = 0.5) -> list[int]:
-    """Three frame indices of a clip (spec f.2), possibly reversed.
+    """Three frame indices of a clip (REFERENCE.md f.2), possibly reversed.
 
     With J = min(n_frames, max_jump): start s uniform in [0, N - J];
     f1 = min(s + U{0..J} + 1, N - J, N - 1); f2 = min(f1 + U{0..J} + 1, N - floor(J / 2), N - 1);
@@ -221,7 +221,7 @@ def _image_path(video: VideoEntry, stem: str) -> Path:
 
 
 class VOSClipDataset(Dataset):
-    """Three-frame clips with up to two objects (spec f.2 stages 1 and 2).
+    """Three-frame clips with up to two objects (REFERENCE.md f.2 stages 1 and 2).
 
     Args:
         root: dataset root (DAVIS or plain layout, see the module docstring).

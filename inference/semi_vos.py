@@ -12,7 +12,7 @@ Let ``r`` be the first annotated frame. For every frame ``t = r, r+1, ..., T-1``
 
 1. ``t > r``: the query features of ``t`` are read against the memory, one object group at a time
    (below); the per-object sigmoid outputs of the *enabled* objects are soft-aggregated with
-   background (:func:`model.aggregate.aggregate`, spec 0.3). Objects not yet seen are exactly 0.
+   background (:func:`model.aggregate.aggregate`, REFERENCE.md 0.3). Objects not yet seen are exactly 0.
 2. ``t`` has a ground-truth file (always true at ``r``): the objects listed in it are
    "interacted": on the pixels of the listed objects every object channel is set to 0, each
    listed object's channel becomes its ground-truth mask (so it is 0 elsewhere), the frame is
@@ -23,7 +23,7 @@ Let ``r`` be the first annotated frame. For every frame ``t = r, r+1, ..., T-1``
    probabilities: as a permanent frame if ``t - last_permanent >= mem_every`` (so frames
    ``r + 5, r + 10, ...`` with the default 5, counted from the segment's start), else into the
    temporary slot (the previous frame, replaced by the next frame's write).
-4. Output (spec 0.2, semi-supervised order): crop the (K+1)-channel probabilities to the
+4. Output (REFERENCE.md 0.2, semi-supervised order): crop the (K+1)-channel probabilities to the
    processing size, resize them bilinearly (``align_corners=False``) to the output size when it
    differs, argmax, copy to the CPU.
 

@@ -1,4 +1,4 @@
-"""Training losses: bootstrapped cross-entropy with warm-up (spec f.1) and IoU bookkeeping.
+"""Training losses: bootstrapped cross-entropy with warm-up (REFERENCE.md f.1) and IoU bookkeeping.
 
 Bootstrapped CE: before ``start_warm`` iterations it is the ordinary mean pixel cross-entropy.
 From ``start_warm`` on, only the hardest fraction ``p`` of the pixels count: the per-pixel losses
@@ -104,7 +104,7 @@ def per_sample_bootstrapped_ce(
 ) -> tuple[torch.Tensor, float]:
     """Bootstrapped CE applied to each sample separately and averaged over the batch.
 
-    Used by propagation and fusion (spec f.1). With a ``selector`` (B x 2, second column > 0.5
+    Used by propagation and fusion (REFERENCE.md f.1). With a ``selector`` (B x 2, second column > 0.5
     when the sample has a second object), samples without a second object are scored on the
     first two logit channels only (background, object 1).
 

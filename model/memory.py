@@ -1,4 +1,4 @@
-"""Space-time memory read (spec b.4): the one implementation used for training and inference.
+"""Space-time memory read (REFERENCE.md b.4): the one implementation used for training and inference.
 
 Shapes
 ------

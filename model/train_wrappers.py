@@ -2,21 +2,21 @@
 
 The networks expose named stages (``encode_query`` / ``encode_memory`` / ``segment`` ...); the
 wrappers here unroll them the way the reference training code does, and return the
-**aggregation logits** (spec 0.3: log-odds of the clamped per-object probabilities, background
-first) that the bootstrapped cross-entropy is computed on (spec f.1).
+**aggregation logits** (REFERENCE.md 0.3: log-odds of the clamped per-object probabilities, background
+first) that the bootstrapped cross-entropy is computed on (REFERENCE.md f.1).
 
-* :class:`S2MTrainWrapper` (spec f.4): [image, existing mask, positive, negative] -> one logit
+* :class:`S2MTrainWrapper` (REFERENCE.md f.4): [image, existing mask, positive, negative] -> one logit
   -> 2-channel (bg, object) aggregation logits. Trains in train mode (SyncBatchNorm under DDP).
-* :class:`PropagationTrainWrapper` (spec f.2): three frames; frame 0 is memorised with its
+* :class:`PropagationTrainWrapper` (REFERENCE.md f.2): three frames; frame 0 is memorised with its
   ground-truth soft masks, frame 1 segmented (full softmax), memorised with its predicted,
   aggregated and **not detached** probabilities, frame 2 segmented from frames 0 and 1.
   Multi-object: two object slots with a selector; single-object (stage 0): 4-channel memory
   encoder. The network stays in eval mode for BatchNorm (:func:`freeze_bn`), BN affine
   parameters still train.
-* :class:`AttentionReader` (spec c.3): the frozen encoders and key projections of a trained
+* :class:`AttentionReader` (REFERENCE.md c.3): the frozen encoders and key projections of a trained
   propagation network; aligns the differences D+ / D- of the second reference frame to the
   target frame with a full-softmax affinity (:meth:`PropagationNetwork.attention_transfer`).
-* :class:`FusionTrainWrapper` (spec c.4): FusionNet per object, selector, wbg aggregation.
+* :class:`FusionTrainWrapper` (REFERENCE.md c.4): FusionNet per object, selector, wbg aggregation.
 
 Images given to the wrappers are ImageNet-normalised (``util.tensor_util.normalize_image``)
 and their H, W are multiples of 16.
@@ -110,7 +110,7 @@ class S2MOutput:
 
 
 class S2MTrainWrapper(nn.Module):
-    """S2M training forward (spec f.4)."""
+    """S2M training forward (REFERENCE.md f.4)."""
 
     def __init__(self, net: S2M):
         super().__init__()
@@ -153,7 +153,7 @@ class PropagationOutput:
 
 
 class PropagationTrainWrapper(nn.Module):
-    """Three-frame unrolled propagation forward (spec f.2).
+    """Three-frame unrolled propagation forward (REFERENCE.md f.2).
 
     Single-object networks (``net.single_object``, stage 0) use one object slot and the
     4-channel memory encoder; multi-object networks use two slots, the second one zeroed by
@@ -226,7 +226,7 @@ class PropagationTrainWrapper(nn.Module):
 def propagation_loss(criterion: BootstrappedCE, out: PropagationOutput, cls_gt: torch.Tensor,
                      it: int, selector: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-    """Per-sample bootstrapped CE of frames 1 and 2 (summed), spec f.1 / f.2.
+    """Per-sample bootstrapped CE of frames 1 and 2 (summed), REFERENCE.md f.1 / f.2.
 
     cls_gt: B x 3 x H x W int64 (0 bg, 1 target, 2 second object). Returns (loss, scalars
     {"loss_f1", "loss_f2", "p", "iou"}), IoU of the target object over frames 1 and 2.
@@ -280,7 +280,7 @@ def load_propagation_weights(net: PropagationNetwork, path: str | os.PathLike,
 
 
 class AttentionReader(PropagationNetwork):
-    """Frozen propagation encoders used to align interaction differences (spec c.3).
+    """Frozen propagation encoders used to align interaction differences (REFERENCE.md c.3).
 
     Holds ``mask_rgb_encoder``, ``rgb_encoder``, ``kv_m_f16`` and ``kv_q_f16`` of a
     multi-object :class:`PropagationNetwork` (no decoder); every parameter has
@@ -360,7 +360,7 @@ class FusionOutput:
 
 
 class FusionTrainWrapper(nn.Module):
-    """Fusion training forward (spec c.4) with a frozen :class:`AttentionReader`."""
+    """Fusion training forward (REFERENCE.md c.4) with a frozen :class:`AttentionReader`."""
 
     def __init__(self, fusion: FusionNet, reader: AttentionReader):
         super().__init__()
@@ -393,7 +393,7 @@ class FusionTrainWrapper(nn.Module):
 
 def fusion_loss(criterion: BootstrappedCE, out: FusionOutput, cls_gt: torch.Tensor, it: int,
                 selector: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-    """Per-sample bootstrapped CE on the 3 aggregation logits (spec f.3).
+    """Per-sample bootstrapped CE on the 3 aggregation logits (REFERENCE.md f.3).
 
     cls_gt: B x H x W int64 (0/1/2). Returns (loss, {"p", "iou"}).
     """

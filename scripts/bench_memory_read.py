@@ -1,4 +1,4 @@
-"""Micro-benchmark of the memory read (spec b.4), per object per frame (batch 1).
+"""Micro-benchmark of the memory read (REFERENCE.md b.4), per object per frame (batch 1).
 
 Compares
   (a) the original dense top-k read: full N x M affinity, top-k over the memory axis, the k

@@ -28,7 +28,7 @@ from model.s2m import load_deeplab_init
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO_ROOT / "tests" / "data" / "checkpoints"
 BUILDERS = {"s2m": build_s2m, "propagation": build_propagation, "fusion": build_fusion}
-# Learnable parameters of the official networks (reference spec k.2).
+# Learnable parameters of the official networks (REFERENCE.md k.2).
 OFFICIAL_PARAMS = {"propagation": 53_685_953, "fusion": 39_905, "s2m": 39_766_113}
 OFFICIAL_MODULE_PARAMS = {
     "propagation": {

@@ -30,7 +30,7 @@ def _inputs(batch, ck=8, cv=5, n=24, m=12, dtype=torch.float32, seed=0):
 
 
 def _loop_reference(mk, mv, qk, top_k):
-    """Column by column, in float64, straight from the definition in spec b.4."""
+    """Column by column, in float64, straight from the definition in REFERENCE.md b.4."""
     mk, mv, qk = mk.double(), mv.double(), qk.double()
     batch, ck, n = mk.shape
     out = torch.zeros(batch, mv.shape[1], qk.shape[2], dtype=torch.float64)

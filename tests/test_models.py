@@ -207,7 +207,7 @@ def test_decoder_input_is_readout_then_query_value(prop_eval):
     cv = net.value_dim
     assert x.shape == (2, 2 * cv, 4, 4)
     assert torch.equal(x[:, cv:], query.value.expand(2, -1, -1, -1))
-    # Readout recomputed from the spec: softmax over memory of k_M^T k_Q / sqrt(CK).
+    # Readout recomputed from REFERENCE.md b.4: softmax over memory of k_M^T k_Q / sqrt(CK).
     mk, mv, qk = mem_key.flatten(2), mem_value.flatten(2), query.key.flatten(2)
     weights = torch.softmax(torch.einsum("bcn,cm->bnm", mk, qk[0]) / math.sqrt(net.key_dim), 1)
     readout = torch.einsum("bcn,bnm->bcm", mv, weights).view(2, cv, 4, 4)
@@ -238,7 +238,7 @@ def test_query_batch_must_match():
 
 
 def _reference_attention(mem_key, query_key, diff):
-    """Spec c.2 written out: area-down, W = softmax_mem(k_M^T k_Q / sqrt(CK)), A = d W, up."""
+    """REFERENCE.md c.2 written out: area-down, W = softmax_mem(k_M^T k_Q / sqrt(CK)), A = d W, up."""
     b, ck, h, w = mem_key.shape
     d = F.interpolate(diff, size=(h, w), mode="area").flatten(2)  # B x C x N
     qk = query_key.expand(b, -1, -1, -1).flatten(2)

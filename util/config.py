@@ -258,14 +258,14 @@ def _flag_name(name: str) -> str:
 # ============================================================================ S2M
 
 
-#: Sub-folders of the static datasets under <data_root>/static (spec f.2 / f.4) and their repeats.
+#: Sub-folders of the static datasets under <data_root>/static (REFERENCE.md f.2 / f.4) and their repeats.
 STATIC_SUBDIRS = ("fss", "DUTS-TR", "DUTS-TE", "ecssd", "BIG_small", "HRSOD_small")
 STATIC_REPEATS = (1, 1, 1, 1, 5, 5)
 
 
 @dataclass
 class S2MTrainConfig(TrainConfig):
-    """Scribble-to-mask training (spec f.4): one stage, 80K iterations, LR 1e-4 constant."""
+    """Scribble-to-mask training (REFERENCE.md f.4): one stage, 80K iterations, LR 1e-4 constant."""
 
     static_roots: tuple[str, ...] = opt((), "static image/mask dataset folders (flat or FSS "
                                         "layout); default <data-root>/static/{fss, DUTS-TR, "
@@ -287,7 +287,7 @@ class S2MTrainConfig(TrainConfig):
 
     @classmethod
     def main(cls) -> S2MTrainConfig:
-        """Spec f.4: batch 16 per GPU, 80K iterations, LR 1e-4 constant, warm-up 10K -> 30K,
+        """REFERENCE.md f.4: batch 16 per GPU, 80K iterations, LR 1e-4 constant, warm-up 10K -> 30K,
         crop 480, saves every 20K."""
         return cls(stage="main", name="s2m", iterations=80_000, batch_size=16, lr=1e-4,
                    lr_steps=(), start_warm=10_000, end_warm=30_000, crop_size=480,
@@ -302,7 +302,7 @@ class S2MTrainConfig(TrainConfig):
 
 @dataclass
 class PropTrainConfig(TrainConfig):
-    """Propagation training (spec f.2): stages s0 (static), s1 (BL30K), s2 (DAVIS + YouTubeVOS),
+    """Propagation training (REFERENCE.md f.2): stages s0 (static), s1 (BL30K), s2 (DAVIS + YouTubeVOS),
     s02 (s2 after s0, 300K iterations)."""
 
     single_object: bool = opt(False, "single-object network with a 4-channel memory encoder "
@@ -393,7 +393,7 @@ class PropTrainConfig(TrainConfig):
 
 @dataclass
 class FusionTrainConfig(TrainConfig):
-    """Fusion training (spec f.3): s0 on BL30K, s1 on DAVIS, with a frozen propagation model."""
+    """Fusion training (REFERENCE.md f.3): s0 on BL30K, s1 on DAVIS, with a frozen propagation model."""
 
     prop_model: str | None = opt(None, "trained (multi-object) propagation weights for the "
                                  "frozen attention reader; required. Decoder tensors are "

@@ -542,7 +542,7 @@ class ProgressHook(HookBase):
 def build_optimizer(params: Sequence[nn.Parameter] | Iterator[nn.Parameter], lr: float,
                     weight_decay: float, lr_steps: Sequence[int], gamma: float
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam (default betas / eps) + MultiStepLR stepped per iteration (spec f.0)."""
+    """Adam (default betas / eps) + MultiStepLR stepped per iteration (REFERENCE.md f.0)."""
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ValueError("no trainable parameters")
