@@ -194,6 +194,8 @@ class InferenceCore:
                     f"frame {t} has shape {arr.shape}, expected {(self.height, self.width, 3)}: "
                     "all frames of a video must have the same size"
                 )
+            if not arr.flags.writeable:  # e.g. cached frames of a lazy reader
+                arr = arr.copy()
             img = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1).float() / 255
         if img.shape[-2:] != (self.height, self.width):
             raise ValueError(
