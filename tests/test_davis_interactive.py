@@ -35,7 +35,7 @@ def run(root, out, *extra):
 
 def test_official_session_with_our_pipeline(davis_root, tmp_path):
     out = tmp_path / "run"
-    summary = run(davis_root, out, "--max-interactions", "3")
+    summary = run(davis_root, out, "--max-interactions", "3", "--save-masks")
     assert 0 <= summary["auc"] <= 1
     assert 0 <= summary["metric_at_threshold"]["J_AND_F"] <= 1
     assert len(summary["curve"]["J_AND_F"]) == 3 + 2  # (0,0), one point per interaction, end
@@ -44,6 +44,12 @@ def test_official_session_with_our_pipeline(davis_root, tmp_path):
     # every frame x object x interaction of both samples was scored by the official metrics
     assert len(report) == 3 * (7 * 1 + 6 * 2)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["syn-a__1.csv", "syn-b__1.csv"]
+    # palette PNGs of the final masks of every sample, one per frame
+    from util.palette import read_mask
+
+    pngs = sorted((out / "masks" / "syn-b" / "1").glob("*.png"))
+    assert len(pngs) == 6
+    assert read_mask(pngs[0]).shape == (48, 64)
 
 
 def test_oracle_gives_perfect_interacted_frames_and_resume(davis_root, tmp_path):
