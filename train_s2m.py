@@ -12,11 +12,11 @@ Examples::
     # resume an interrupted run (restores optimizer, schedule, RNG and data position)
     python train_s2m.py --output runs/s2m --resume auto
 
-Data: the static image/mask sets (FSS-1000, DUTS-TR, DUTS-TE, ECSSD, BIG, HRSOD) used twice.
-LVIS (used by the reference in addition) is not supported yet. Output: ``<output>/s2m_<it>.pth``
-and ``s2m_final.pth`` (plain state dicts: ``python -m model.checkpoint --kind s2m --preset
-PRESET FILE``), ``s2m_checkpoint.pth`` (resumable), ``config.json``, ``train.log``, ``tb/``,
-``images/``.
+Data: the static image/mask sets (FSS-1000, DUTS-TR, DUTS-TE, ECSSD, BIG, HRSOD) used twice;
+``--lvis-root DIR [--lvis-json FILE]`` adds the LVIS v1 train instances (as the reference
+does). Output: ``<output>/s2m_<it>.pth`` and ``s2m_final.pth`` (plain state dicts:
+``python -m model.checkpoint --kind s2m --preset PRESET FILE``), ``s2m_checkpoint.pth``
+(resumable), ``config.json``, ``train.log``, ``tb/``, ``images/``.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class S2MTask(TrainTask):
 
 
 def build_dataset(cfg, info):
-    """The S2M training set for ``cfg`` (synthetic static pairs or the real static sets)."""
+    """The S2M training set for ``cfg``: synthetic static pairs or the real static sets (used
+    twice), plus the LVIS instances when ``--lvis-root`` is given."""
     from dataset.static_dataset import S2MDataset
     from util.config import STATIC_REPEATS, STATIC_SUBDIRS, ConfigError
     from util.trainer import synthetic_static_root
@@ -93,8 +94,22 @@ def build_dataset(cfg, info):
         else:
             raise ConfigError("S2M training needs --static-roots DIR ... or --data-root DIR "
                               "(or --data synthetic)")
-    return S2MDataset(roots, repeats, size=cfg.crop_size, seed=cfg.seed,
-                      empty_prob=cfg.empty_prob, robot_prob=cfg.robot_prob)
+    static = S2MDataset(roots, repeats, size=cfg.crop_size, seed=cfg.seed,
+                        empty_prob=cfg.empty_prob, robot_prob=cfg.robot_prob)
+    if cfg.lvis_root is None:
+        if cfg.lvis_json is not None:
+            raise ConfigError("--lvis-json needs --lvis-root (the COCO image folder)")
+        return static
+    from torch.utils.data import ConcatDataset
+
+    from dataset.lvis_dataset import LVISS2MDataset
+
+    json_path = cfg.lvis_json or Path(cfg.lvis_root) / "lvis_v1_train.json"
+    lvis = LVISS2MDataset(cfg.lvis_root, json_path, size=cfg.crop_size, seed=cfg.seed,
+                          empty_prob=cfg.empty_prob, robot_prob=cfg.robot_prob,
+                          index_offset=len(static))
+    logger.info("S2M data: %d static + %d LVIS samples", len(static), len(lvis))
+    return ConcatDataset([static, lvis])
 
 
 def build_network(cfg, ctx):

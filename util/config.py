@@ -280,6 +280,11 @@ class S2MTrainConfig(TrainConfig):
     robot_prob: float = opt(0.75, "probability of scribbles from the tamed DAVIS robot (when "
                             "the existing mask is not empty)")
     sync_bn: bool = opt(True, "SyncBatchNorm under DDP (CUDA only; plain BatchNorm on CPU)")
+    lvis_root: str | None = opt(None, "add LVIS v1 train instances (area > 50x50) to the static "
+                                "sets: the COCO image folder (train2017, or the folder holding "
+                                "train2017 / val2017)", metavar="DIR")
+    lvis_json: str | None = opt(None, "the LVIS annotation JSON (default "
+                                "<lvis-root>/lvis_v1_train.json)", metavar="FILE")
 
     STAGES: ClassVar[dict[str, str]] = {"main": "main"}
     DEFAULT_STAGE: ClassVar[str] = "main"
