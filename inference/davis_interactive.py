@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -270,9 +269,3 @@ def plot_curve(summary: dict, path: str | Path, metric: str = "J_AND_F", label: 
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
-
-
-def elapsed(fn: Callable[[], object]) -> tuple[object, float]:
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start

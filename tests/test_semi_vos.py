@@ -372,7 +372,7 @@ def test_two_process_gloo_matches_single_process(davis_master, tmp_path, capsys)
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (o, e) in zip(procs, outs):
+    for p, (_out, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     assert "overall" in outs[0][0] and "FPS" in outs[0][0]  # rank 0 prints the merged table
     assert "overall" not in outs[1][0]
