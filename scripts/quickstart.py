@@ -1,0 +1,397 @@
+"""The project's main job in one command, on generated data: train the three MiVOS modules and
+run the DAVIS interactive ablation (the paper's Table 5 layout) with them.
+
+Nothing is downloaded. On a CPU machine::
+
+    python scripts/quickstart.py --output runs/quickstart
+
+runs these steps, each skipped when its output already exists (a re-run continues where an
+interrupted one stopped; the trainers also resume from their last resumable checkpoint):
+
+1. ``data``: synthetic training data (the ``train-small`` videos and static image/mask pairs,
+   where the trainers' ``--data synthetic`` mode expects them) and a separate synthetic
+   validation set in the DAVIS layout (subset ``val``, with robot scribbles), which the
+   evaluation registers with the official ``davisinteractive`` tables;
+2. ``s2m``: the lite S2M network;
+3. ``prop_s0`` / ``prop_s2``: the lite propagation network, static-image stage then video stage
+   (loading the stage-0 weights);
+4. ``fusion``: the lite fusion network with the trained propagation network frozen;
+5. ``ablation``: ``scripts/ablation.py`` on the validation set (official robot and session,
+   8 interactions), every row of Table 5;
+6. ``report``: ``OUT/report.md`` with the table, the J&F-vs-time curves, an overlay grid of the
+   difference-aware row's final masks, the final J&F and the time of every step.
+
+The iteration counts (about 15 minutes of training on 2 CPU cores) are multiplied by
+``--scale`` and can be set one by one. ``--mini`` is the CI variant: tiny data, a few
+iterations, 3 interactions, rows ``diff`` and ``oracle`` (well under 2 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# iteration counts of the full run (before --scale) and of --mini
+FULL_ITERATIONS = {"s2m": 300, "prop_s0": 250, "prop_s2": 250, "fusion": 150}
+MINI_ITERATIONS = {"s2m": 2, "prop_s0": 2, "prop_s2": 2, "fusion": 2}
+ROW_KEYS = ("no_topk", "topk", "linear", "diff", "oracle")
+STEPS = ("data", "s2m", "prop_s0", "prop_s2", "fusion", "ablation", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="runs/quickstart",
+                   help="run folder (data, checkpoints, evaluations, report.md)")
+    p.add_argument("--mini", action="store_true",
+                   help="CI variant: tiny data, a few iterations, 3 interactions, rows diff "
+                        "and oracle")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every default iteration count by this")
+    for key in FULL_ITERATIONS:
+        p.add_argument(f"--{key.replace('_', '-')}-iterations", type=int, default=None,
+                       help=f"iterations of the {key} training (default: "
+                            f"{FULL_ITERATIONS[key]} x --scale; --mini: {MINI_ITERATIONS[key]})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data generation and of the trainers")
+    p.add_argument("--num-threads", type=int, default=1,
+                   help="torch CPU threads of training and evaluation")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers of the trainers (default: 2; --mini: 0)")
+    p.add_argument("--crop-size", type=int, default=None,
+                   help="training crop size (default: 96; --mini: 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training batch size (default: the lite preset's 8; --mini: 2)")
+    p.add_argument("--val-sequences", type=int, default=None,
+                   help="validation sequences (default: 4; --mini: 2)")
+    p.add_argument("--val-frames", type=int, default=None,
+                   help="frames per validation sequence (default: 24; --mini: 6-8)")
+    p.add_argument("--val-height", type=int, default=None, help="default 240; --mini: 48")
+    p.add_argument("--val-width", type=int, default=None, help="default 432; --mini: 64")
+    p.add_argument("--max-interactions", type=int, default=None,
+                   help="interactions per sample (default: 8; --mini: 3)")
+    p.add_argument("--rows", nargs="+", choices=ROW_KEYS, default=None,
+                   help="ablation rows (default: all; --mini: diff oracle)")
+    p.add_argument("--device", default="cpu", help="device of training and evaluation")
+    return p
+
+
+# ============================================================================ settings
+
+
+def settings(args) -> dict:
+    """Everything a step needs, with the --mini / full defaults filled in."""
+    mini = args.mini
+    iterations = {}
+    for key in FULL_ITERATIONS:
+        given = getattr(args, f"{key}_iterations")
+        if given is not None:
+            iterations[key] = given
+        elif mini:
+            iterations[key] = MINI_ITERATIONS[key]
+        else:
+            iterations[key] = max(1, int(round(FULL_ITERATIONS[key] * args.scale)))
+
+    def pick(value, full, small):
+        return value if value is not None else (small if mini else full)
+
+    return {
+        "mini": mini,
+        "iterations": iterations,
+        "train_preset": "tiny" if mini else "train-small",
+        "static_count": 8 if mini else 200,
+        "static_size": 64 if mini else 256,
+        "crop_size": pick(args.crop_size, 96, 64),
+        "batch_size": pick(args.batch_size, None, 2),
+        "num_workers": pick(args.num_workers, 2, 0),
+        "val_sequences": pick(args.val_sequences, 4, 2),
+        "val_frames": pick(args.val_frames, 24, 6),
+        "val_height": pick(args.val_height, 240, 48),
+        "val_width": pick(args.val_width, 432, 64),
+        "max_interactions": pick(args.max_interactions, 8, 3),
+        "rows": list(args.rows) if args.rows else (["diff", "oracle"] if mini else
+                                                     list(ROW_KEYS)),
+        "generate": (["--generate-separation", "3", "--generate-range", "4",
+                      "--generate-max-videos", "2"] if mini else []),
+    }
+
+
+def val_specs(cfg: dict):
+    """The validation sequences: 1-3 objects, 1-2 scribble files, subset ``val``."""
+    from dataset.synthetic import SequenceSpec
+
+    specs = []
+    for i in range(cfg["val_sequences"]):
+        frames = cfg["val_frames"] + (2 * (i % 2) if cfg["mini"] else 0)
+        objects = 1 + i % 3 if not cfg["mini"] else 1 + i % 2
+        scribbles = 1 + i % 2 if not cfg["mini"] else 1
+        specs.append(SequenceSpec(f"qs-val-{i:03d}", frames, cfg["val_height"], cfg["val_width"],
+                                  objects, min(scribbles, frames), "val"))
+    return specs
+
+
+class Paths:
+    def __init__(self, out: Path):
+        self.out = out
+        self.data = out / "data"                       # --data-root of the trainers
+        self.synthetic = self.data / "synthetic"       # where --data synthetic looks
+        self.val = self.data / "val"
+        self.data_done = self.data / "quickstart_data.json"
+        self.train = out / "train"
+        self.s2m = self.train / "s2m" / "s2m_final.pth"
+        self.prop_s0 = self.train / "prop_s0" / "prop_s0_final.pth"
+        self.prop_s2 = self.train / "prop_s2" / "prop_s2_final.pth"
+        self.fusion = self.train / "fusion" / "fusion_s0_final.pth"
+        self.ablation = out / "ablation"
+        self.table = self.ablation / "table5.json"
+        self.overlay = out / "overlay_diff.png"
+        self.report = out / "report.md"
+        self.timings = out / "timings.json"
+
+
+# ============================================================================ steps
+
+
+def step_data(cfg: dict, paths: Paths, seed: int) -> None:
+    from dataset.synthetic import generate_static_pairs, write_dataset
+
+    # the same folders and parameters as the trainers' --data synthetic mode, so they reuse it
+    write_dataset(paths.synthetic / cfg["train_preset"], cfg["train_preset"], seed=seed)
+    generate_static_pairs(paths.synthetic / "static", cfg["static_count"], cfg["static_size"],
+                          seed)
+    specs = val_specs(cfg)
+    write_dataset(paths.val, "quickstart-val", seed=seed, specs=specs)
+    tmp = paths.data_done.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"train_preset": cfg["train_preset"],
+                               "val": [s.name for s in specs]}, indent=2))
+    os.replace(tmp, paths.data_done)
+
+
+def common_train_args(cfg: dict, paths: Paths, args) -> list[str]:
+    out = ["--preset", "lite", "--data", "synthetic", "--data-root", str(paths.data),
+           "--synthetic-preset", cfg["train_preset"],
+           "--synthetic-static-count", str(cfg["static_count"]),
+           "--synthetic-static-size", str(cfg["static_size"]),
+           "--crop-size", str(cfg["crop_size"]), "--num-workers", str(cfg["num_workers"]),
+           "--num-threads", str(args.num_threads), "--seed", str(args.seed),
+           "--device", args.device, "--no-tensorboard", "--no-progress",
+           "--image-interval", "0", "--resume", "auto"]
+    if cfg["batch_size"] is not None:
+        out += ["--batch-size", str(cfg["batch_size"])]
+    return out
+
+
+def run_trainer(module_name: str, argv: list[str], final: Path) -> None:
+    import importlib
+
+    module = importlib.import_module(module_name)
+    rc = module.main(argv)
+    if rc != 0 or not final.is_file():
+        raise RuntimeError(f"{module_name} failed (exit code {rc}); see {final.parent}/train.log")
+
+
+def step_ablation(cfg: dict, paths: Paths, args) -> None:
+    import torch
+
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
+    import ablation
+
+    torch.set_num_threads(args.num_threads)
+    argv = ["--davis", str(paths.val), "--output", str(paths.ablation), "--preset", "lite",
+            "--s2m-model", str(paths.s2m), "--prop-model", str(paths.prop_s2),
+            "--fusion-model", str(paths.fusion), "--rows", *cfg["rows"], "--",
+            "--device", args.device, "--max-interactions", str(cfg["max_interactions"]),
+            "--save-masks"]
+    rc = ablation.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"ablation failed (exit code {rc})")
+
+
+def ablation_done(cfg: dict, paths: Paths) -> bool:
+    if not paths.table.is_file():
+        return False
+    try:
+        results = json.loads(paths.table.read_text())
+    except ValueError:
+        return False
+    return all(r in results for r in cfg["rows"])
+
+
+# ============================================================================ report
+
+
+def _strip(tiles: list, gap: int = 4):
+    """Tiles side by side with white gaps."""
+    import numpy as np
+
+    space = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
+    parts = []
+    for tile in tiles:
+        parts += [tile, space]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def overlay_grid(paths: Paths, row: str, path: Path, num_frames: int = 4) -> str | None:
+    """Frames of one validation sequence: the row's final masks (top), ground truth (below)."""
+    import numpy as np
+    from PIL import Image
+
+    from util.palette import read_mask
+    from util.video_io import overlay
+
+    masks_root = paths.ablation / row / "masks"
+    seqs = sorted(d for d in masks_root.iterdir() if d.is_dir()) if masks_root.is_dir() else []
+    for seq_dir in seqs:
+        samples = sorted(d for d in seq_dir.iterdir() if d.is_dir())
+        if not samples:
+            continue
+        files = sorted(samples[0].glob("*.png"))
+        if not files:
+            continue
+        seq = seq_dir.name
+        picks = sorted({int(round(x)) for x in np.linspace(0, len(files) - 1, num_frames)})
+        top, bottom = [], []
+        for t in picks:
+            image = np.asarray(Image.open(paths.val / "JPEGImages" / "480p" / seq /
+                                          f"{t:05d}.jpg").convert("RGB"))
+            pred = read_mask(files[t])
+            gt = read_mask(paths.val / "Annotations" / "480p" / seq / f"{t:05d}.png")
+            top.append(overlay(image, pred))
+            bottom.append(overlay(image, gt))
+        a, b = _strip(top), _strip(bottom)
+        grid = np.concatenate([a, np.full((4, a.shape[1], 3), 255, np.uint8), b], axis=0)
+        tmp = path.with_suffix(".tmp.png")
+        Image.fromarray(grid).save(tmp)
+        os.replace(tmp, path)
+        return (f"`{seq}`, scribble file {samples[0].name}, frames "
+                + ", ".join(str(t) for t in picks))
+    return None
+
+
+def write_report(cfg: dict, paths: Paths, timings: dict) -> dict:
+    from inference.davis_interactive import per_interaction_scores
+
+    results = json.loads(paths.table.read_text()) if paths.table.is_file() else {}
+    caption = overlay_grid(paths, "diff", paths.overlay) if "diff" in results else None
+    lines = ["# MiVOS quickstart report", "",
+             f"Mode: {'mini (CI)' if cfg['mini'] else 'full'}; lite networks trained on "
+             f"synthetic `{cfg['train_preset']}` data; iterations "
+             + ", ".join(f"{k} {v}" for k, v in cfg["iterations"].items()) + ".",
+             f"Validation: {cfg['val_sequences']} synthetic sequences of "
+             f"{cfg['val_height']} x {cfg['val_width']} in `{paths.val}` (official "
+             f"davisinteractive robot and session, {cfg['max_interactions']} interactions).",
+             ""]
+    final = None
+    if "diff" in results:
+        final = per_interaction_scores(results["diff"])[-1]
+        lines += [f"**J&F after the last interaction, difference-aware fusion: {final:.3f}** "
+                  f"(AUC {results['diff']['auc']:.3f}, J&F@60s "
+                  f"{results['diff']['metric_at_threshold']['J_AND_F']:.3f})", ""]
+    table_md = paths.ablation / "table5.md"
+    if table_md.is_file():
+        body = table_md.read_text().split("\n", 1)[1].strip()
+        lines += ["## Ablation (layout of the paper's Table 5)", "", body, ""]
+    curves = paths.ablation / "table5_curves.png"
+    if curves.is_file():
+        lines += ["## J&F against time", "",
+                  f"![J&F vs time]({curves.relative_to(paths.out).as_posix()})", ""]
+    if caption:
+        lines += ["## Example frames (difference-aware fusion, final masks; ground truth below)",
+                  "", caption, "", f"![overlay]({paths.overlay.name})", ""]
+    lines += ["## Time per step", "", "| step | seconds | status |", "|---|---|---|"]
+    for step in STEPS:
+        if step in timings:
+            t = timings[step]
+            lines.append(f"| {step} | {t['seconds']:.1f} | {t['status']} |")
+    total = sum(t["seconds"] for t in timings.values())
+    lines += [f"| total | {total:.1f} | |", ""]
+    tmp = paths.report.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, paths.report)
+    return {"final_jf_diff": final, "rows": sorted(results)}
+
+
+# ============================================================================ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    cfg = settings(args)
+    paths = Paths(Path(args.output))
+    paths.out.mkdir(parents=True, exist_ok=True)
+    timings: dict = json.loads(paths.timings.read_text()) if paths.timings.is_file() else {}
+    common = common_train_args(cfg, paths, args)
+    it = cfg["iterations"]
+
+    def train_dir(final: Path) -> list[str]:
+        return ["--output", str(final.parent)]
+
+    def save_every(n: int) -> list[str]:
+        return ["--save-interval", str(max(1, min(100, n)))]
+
+    steps = [
+        ("data", lambda: paths.data_done.is_file(),
+         lambda: step_data(cfg, paths, args.seed)),
+        ("s2m", paths.s2m.is_file,
+         lambda: run_trainer("train_s2m", common + train_dir(paths.s2m) + save_every(it["s2m"])
+                             + ["--iterations", str(it["s2m"])], paths.s2m)),
+        ("prop_s0", paths.prop_s0.is_file,
+         lambda: run_trainer("train_prop", common + train_dir(paths.prop_s0)
+                             + save_every(it["prop_s0"])
+                             + ["--stage", "s0", "--iterations", str(it["prop_s0"])],
+                             paths.prop_s0)),
+        ("prop_s2", paths.prop_s2.is_file,
+         lambda: run_trainer("train_prop", common + train_dir(paths.prop_s2)
+                             + save_every(it["prop_s2"])
+                             + ["--stage", "s2", "--iterations", str(it["prop_s2"]),
+                                "--load", str(paths.prop_s0)], paths.prop_s2)),
+        ("fusion", paths.fusion.is_file,
+         lambda: run_trainer("train_fusion", common + train_dir(paths.fusion)
+                             + save_every(it["fusion"])
+                             + ["--iterations", str(it["fusion"]),
+                                "--prop-model", str(paths.prop_s2)] + cfg["generate"],
+                             paths.fusion)),
+        ("ablation", lambda: ablation_done(cfg, paths),
+         lambda: step_ablation(cfg, paths, args)),
+    ]
+    start_all = time.time()
+    for name, done, run in steps:
+        if done():
+            print(f"[quickstart] {name}: done earlier, skipped", flush=True)
+            if name in timings:
+                timings[name]["status"] = "done earlier"
+            continue
+        print(f"[quickstart] {name}: running", flush=True)
+        t0 = time.time()
+        run()
+        timings[name] = {"seconds": time.time() - t0, "status": "done"}
+        tmp = paths.timings.with_suffix(".tmp")
+        tmp.write_text(json.dumps(timings, indent=2))
+        os.replace(tmp, paths.timings)
+        print(f"[quickstart] {name}: {timings[name]['seconds']:.1f} s", flush=True)
+    t0 = time.time()
+    info = write_report(cfg, paths, timings)
+    timings["report"] = {"seconds": time.time() - t0, "status": "done"}
+    tmp = paths.timings.with_suffix(".tmp")
+    tmp.write_text(json.dumps(timings, indent=2))
+    os.replace(tmp, paths.timings)
+    write_report(cfg, paths, timings)
+    if info["final_jf_diff"] is not None:
+        print(f"[quickstart] J&F after the last interaction (difference-aware fusion): "
+              f"{info['final_jf_diff']:.3f}")
+    print(f"[quickstart] finished in {time.time() - start_all:.1f} s; report: {paths.report}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

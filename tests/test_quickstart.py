@@ -1,0 +1,94 @@
+"""scripts/quickstart.py --mini: the whole job (data, trainings, ablation, report) in-process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("davisinteractive")
+
+
+def load_quickstart():
+    spec = importlib.util.spec_from_file_location("quickstart_script",
+                                                  REPO / "scripts" / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_quickstart_mini_end_to_end_and_resume(tmp_path, capsys):
+    quickstart = load_quickstart()
+    out = tmp_path / "qs"
+    assert quickstart.main(["--mini", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = out / "report.md"
+    assert report.is_file() and str(report) in printed
+
+    rows = ("diff", "oracle")
+    table = json.loads((out / "ablation" / "table5.json").read_text())
+    assert set(table) == set(rows)
+    for row in rows:
+        summary = json.loads((out / "ablation" / row / "summary.json").read_text())
+        for s in (summary, table[row]):
+            auc = s["auc"]
+            jf60 = s["metric_at_threshold"]["J_AND_F"]
+            assert math.isfinite(auc) and 0.0 <= auc <= 1.0
+            assert math.isfinite(jf60) and 0.0 <= jf60 <= 1.0
+        # 3 interactions in --mini: the curve holds (0, 0), one point each, and the end point
+        assert len(summary["curve"]["J_AND_F"]) == 3 + 2
+
+    text = report.read_text()
+    assert "difference-aware fusion" in text and "perfect interaction" in text
+    assert "AUC-J&F" in text and "J&F@60s" in text
+    assert "J&F after the last interaction" in text
+    assert (out / "ablation" / "table5_curves.png").is_file()
+    overlay = out / "overlay_diff.png"
+    assert overlay.is_file() and overlay.stat().st_size > 0
+    from PIL import Image
+
+    with Image.open(overlay) as im:
+        assert im.mode == "RGB" and im.size[0] > 64 and im.size[1] > 48
+
+    timings = json.loads((out / "timings.json").read_text())
+    for step in ("data", "s2m", "prop_s0", "prop_s2", "fusion", "ablation", "report"):
+        assert timings[step]["status"] == "done" and timings[step]["seconds"] >= 0
+        assert f"| {step} |" in text
+    for name in ("s2m/s2m_final.pth", "prop_s0/prop_s0_final.pth", "prop_s2/prop_s2_final.pth",
+                 "fusion/fusion_s0_final.pth"):
+        assert (out / "train" / name).is_file()
+
+    # a re-run skips every finished step and rewrites the report
+    stamp = (out / "train" / "s2m" / "s2m_final.pth").stat().st_mtime_ns
+    assert quickstart.main(["--mini", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier, skipped") == 6
+    assert (out / "train" / "s2m" / "s2m_final.pth").stat().st_mtime_ns == stamp
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["s2m"]["status"] == "done earlier"
+    assert report.is_file()
+
+
+def test_quickstart_settings_scale_and_overrides():
+    quickstart = load_quickstart()
+    args = quickstart.build_parser().parse_args(["--scale", "2", "--fusion-iterations", "7"])
+    cfg = quickstart.settings(args)
+    assert cfg["iterations"]["s2m"] == 2 * quickstart.FULL_ITERATIONS["s2m"]
+    assert cfg["iterations"]["prop_s2"] == 2 * quickstart.FULL_ITERATIONS["prop_s2"]
+    assert cfg["iterations"]["fusion"] == 7
+    assert cfg["rows"] == list(quickstart.ROW_KEYS) and cfg["max_interactions"] == 8
+    specs = quickstart.val_specs(cfg)
+    assert 4 <= len(specs) <= 6 and all(s.subset == "val" for s in specs)
+    assert {s.num_objects for s in specs} <= {1, 2, 3}
+    assert {s.num_scribbles for s in specs} <= {1, 2}
+    mini = quickstart.settings(quickstart.build_parser().parse_args(["--mini"]))
+    assert mini["rows"] == ["diff", "oracle"] and mini["max_interactions"] == 3
+    mini_specs = quickstart.val_specs(mini)
+    assert 1 <= len(mini_specs) <= 2
+    assert all((s.height, s.width) == (48, 64) and 6 <= s.num_frames <= 8 for s in mini_specs)
