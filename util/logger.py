@@ -47,13 +47,18 @@ def setup_logging(run_dir: str | os.PathLike | None = None, rank: int = 0,
     """Configure the root logger for a training process (idempotent).
 
     Rank 0: ``level`` to stderr and ``<run_dir>/train.log``. Other ranks: WARNING and above to
-    stderr and ``<run_dir>/train_rank<r>.log``. Handlers added by an earlier call are replaced.
+    stderr and ``<run_dir>/train_rank<r>.log``. Handlers added by an earlier call, and plain
+    console handlers (e.g. from ``logging.basicConfig``), are replaced.
     """
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, _HANDLER_TAG, False):
+        # our own earlier handlers, and plain console handlers of an earlier basicConfig (when
+        # several tools run in one process), which would print every line twice
+        console = type(h) is logging.StreamHandler and h.stream in (sys.stderr, sys.stdout)
+        if getattr(h, _HANDLER_TAG, False) or console:
             root.removeHandler(h)
-            h.close()
+            if not console:
+                h.close()
     console_level = level if rank == 0 else logging.WARNING
     fmt = logging.Formatter(_FORMAT if rank == 0 else f"[rank {rank}] {_FORMAT}",
                             datefmt="%H:%M:%S")
