@@ -375,30 +375,9 @@ def score_outputs(gt_root: str | os.PathLike, out_root: str | os.PathLike, names
     means over all objects). ``binary`` (DAVIS 2016): ground truth and prediction are binarised
     (any object = 1) and scored as one object. Returns a :class:`util.metrics.ScoreTable`.
     """
-    from util.metrics import ScoreTable, evaluate_folder, evaluate_sequence
-    from util.palette import read_mask
-    from util.video_io import list_frame_files
+    from util.metrics import evaluate_folder
 
-    if not binary:
-        return evaluate_folder(gt_root, out_root, sequences=list(names))
-    results = []
-    for name in names:
-        gdir, pdir = Path(gt_root) / name, Path(out_root) / name
-        gfiles = list_frame_files(gdir, (".png",))
-        if not gfiles:
-            raise FileNotFoundError(f"no ground-truth PNGs in {gdir}")
-        gts, preds = [], []
-        for gf in gfiles:
-            pf = pdir / gf.name
-            if not pf.is_file():
-                raise FileNotFoundError(f"predicted mask missing: {pf} (ground truth {gf})")
-            g, pr = read_mask(gf), read_mask(pf)
-            if g.shape != pr.shape:
-                raise ValueError(f"size mismatch: prediction {pf} is {pr.shape} but ground truth {gf} is {g.shape}")
-            gts.append((g > 0).astype("uint8"))
-            preds.append((pr > 0).astype("uint8"))
-        results.append(evaluate_sequence(gts, preds, object_ids=[1], name=name))
-    return ScoreTable(results)
+    return evaluate_folder(gt_root, out_root, sequences=list(names), binary=binary)
 
 
 def format_table(table: Any) -> str:

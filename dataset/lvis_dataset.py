@@ -51,6 +51,7 @@ from dataset.common import (
 )
 from dataset.mask_perturb import perturb_mask
 from dataset.scribble_sim import scribbles_from_errors
+from dataset.static_dataset import s2m_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -349,14 +350,7 @@ class LVISS2MDataset(Dataset):
         self.extra_iou = float(extra_iou)
         self.index_offset = int(index_offset)
         # the transforms of S2MDataset, with the LVIS scale range
-        self.geometry = T.Compose([
-            T.RandomAffine(degrees=20, scale=scale, shear=10, image_interp="bilinear",
-                           mask_interp="nearest"),
-            T.ResizeShorter(self.size, image_interp="bicubic", mask_interp="nearest"),
-            T.RandomCrop(self.size),
-            T.RandomHorizontalFlip(0.5),
-        ])
-        self.colour = T.Compose([T.ColorJitter(0.1, 0.03, 0.03, 0.0), T.RandomGrayscale(0.05)])
+        self.geometry, self.colour = s2m_augmentation(self.size, scale)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch`` (call before each epoch)."""

@@ -145,6 +145,21 @@ class StaticClipDataset(_StaticBase):
         }
 
 
+def s2m_augmentation(size: int, scale: tuple[float, float]) -> tuple[T.Compose, T.Compose]:
+    """The S2M training augmentation (REFERENCE.md f.4): a geometric part shared by the image and
+    its masks (affine, shorter side to ``size``, random crop, flip) and an image-only colour part.
+    ``scale`` is the affine scale range (0.8-1.25 for static sets, 0.8-1.0 for LVIS)."""
+    geometry = T.Compose([
+        T.RandomAffine(degrees=20, scale=scale, shear=10, image_interp="bilinear",
+                       mask_interp="nearest"),
+        T.ResizeShorter(size, image_interp="bicubic", mask_interp="nearest"),
+        T.RandomCrop(size),
+        T.RandomHorizontalFlip(0.5),
+    ])
+    colour = T.Compose([T.ColorJitter(0.1, 0.03, 0.03, 0.0), T.RandomGrayscale(0.05)])
+    return geometry, colour
+
+
 class S2MDataset(_StaticBase):
     """Scribble-to-mask samples from static images (REFERENCE.md f.4).
 
@@ -178,14 +193,7 @@ class S2MDataset(_StaticBase):
         self.iou_range = (float(iou_range[0]), float(iou_range[1]))
         self.robot_prob = float(robot_prob)
         self.extra_prob = float(extra_prob)
-        self.geometry = T.Compose([
-            T.RandomAffine(degrees=20, scale=scale, shear=10, image_interp="bilinear",
-                           mask_interp="nearest"),
-            T.ResizeShorter(self.size, image_interp="bicubic", mask_interp="nearest"),
-            T.RandomCrop(self.size),
-            T.RandomHorizontalFlip(0.5),
-        ])
-        self.colour = T.Compose([T.ColorJitter(0.1, 0.03, 0.03, 0.0), T.RandomGrayscale(0.05)])
+        self.geometry, self.colour = s2m_augmentation(self.size, scale)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = sample_rng(self.seed, self.epoch, index)

@@ -323,6 +323,7 @@ def evaluate_folder(
     skip_first_last: bool = True,
     strict: bool = True,
     bound_th: float = BOUNDARY_THRESHOLD,
+    binary: bool = False,
 ) -> ScoreTable:
     """Score a folder of predicted PNG sequences against a folder of ground-truth sequences.
 
@@ -336,6 +337,8 @@ def evaluate_folder(
         sequences: sequences to score (default: every sub-folder of ``gt_dir``).
         strict: every ground-truth sequence must have a prediction folder; with ``False``
             sequences without predictions are skipped with a warning.
+        binary: score foreground against background (any object = 1) as one object, as the
+            DAVIS 2016 protocol does.
 
     Raises:
         FileNotFoundError: a folder or a predicted frame is missing (the path is named).
@@ -375,9 +378,12 @@ def evaluate_folder(
                     f"size mismatch: prediction {pf} is {p.shape[1]}x{p.shape[0]} but ground "
                     f"truth {gf} is {g.shape[1]}x{g.shape[0]} (WxH)"
                 )
+            if binary:
+                g, p = (g > 0).astype(np.uint8), (p > 0).astype(np.uint8)
             gts.append(g)
             preds.append(p)
-        score = evaluate_sequence(gts, preds, None, skip_first_last, name=seq, bound_th=bound_th)
+        score = evaluate_sequence(gts, preds, [1] if binary else None, skip_first_last, name=seq,
+                                  bound_th=bound_th)
         logger.info("%s: J %.4f F %.4f (%d objects)", seq, score.j_mean, score.f_mean,
                     len(score.object_ids))
         results.append(score)
