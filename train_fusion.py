@@ -160,14 +160,10 @@ def build_wrapper(cfg, ctx):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train FusionNet; 0 on success, 2 for bad input (the message names the problem)."""
-    from dataset.common import DatasetError
-    from model.checkpoint import CheckpointError
     from util.config import ConfigError, FusionTrainConfig
-    from util.trainer import DataStream, cleanup_distributed, finish_run, make_trainer, start_run
+    from util.trainer import TrainingParts, run_training
 
-    try:
-        ctx = start_run(FusionTrainConfig, argv, prog="train_fusion.py",
-                        description=DESCRIPTION)
+    def build(ctx) -> TrainingParts:
         cfg = ctx.config
         if not cfg.prop_model:
             raise ConfigError("--prop-model FILE (trained propagation weights) is required")
@@ -175,19 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileNotFoundError(f"--prop-model: file not found: {cfg.prop_model}")
         wrapper = build_wrapper(cfg, ctx).to(ctx.device)
         dataset = build_dataset(cfg, ctx.dist, ctx.device)
-        data = DataStream(dataset, cfg.batch_size, ctx.dist, seed=cfg.seed,
-                          num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
-        task = FusionTask(cfg.start_warm, cfg.end_warm, cfg.top_p)
-        trainer = make_trainer(ctx, model=wrapper, network=wrapper.fusion, task=task, data=data)
-        trainer.train()
-        finish_run(ctx, trainer)
-        return 0
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup_distributed()
+        return TrainingParts(model=wrapper, network=wrapper.fusion, dataset=dataset,
+                             task=FusionTask(cfg.start_warm, cfg.end_warm, cfg.top_p))
+
+    return run_training(FusionTrainConfig, argv, prog="train_fusion.py", description=DESCRIPTION,
+                        build=build)
 
 
 if __name__ == "__main__":

@@ -176,35 +176,30 @@ def build_network(cfg, ctx):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train one propagation stage; 0 on success, 2 for bad input (message names it)."""
-    from dataset.common import DatasetError
-    from model.checkpoint import CheckpointError
     from model.train_wrappers import PropagationTrainWrapper
-    from util.config import ConfigError, PropTrainConfig
-    from util.trainer import DataStream, cleanup_distributed, finish_run, make_trainer, start_run
+    from util.config import PropTrainConfig
+    from util.trainer import TrainingParts, run_training
 
-    try:
-        ctx = start_run(PropTrainConfig, argv, prog="train_prop.py", description=DESCRIPTION)
+    def build(ctx) -> TrainingParts:
         cfg = ctx.config
         dataset = build_dataset(cfg, ctx.dist)
         net = build_network(cfg, ctx)
-        wrapper = PropagationTrainWrapper(net).to(ctx.device)
-        data = DataStream(dataset, cfg.batch_size, ctx.dist, seed=cfg.seed,
-                          num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
-        data.on_epoch = curriculum(cfg, data)
-        task = PropagationTask(cfg.start_warm, cfg.end_warm, cfg.top_p)
-        trainer = make_trainer(ctx, model=wrapper, network=net, task=task, data=data)
-        trainer.train()
-        finish_run(ctx, trainer)
+
+        def configure(data) -> None:
+            data.on_epoch = curriculum(cfg, data)
+
+        return TrainingParts(model=PropagationTrainWrapper(net).to(ctx.device), network=net,
+                             task=PropagationTask(cfg.start_warm, cfg.end_warm, cfg.top_p),
+                             dataset=dataset, configure_data=configure)
+
+    def after(ctx) -> None:
+        cfg = ctx.config
         if cfg.single_object and ctx.dist.is_main:
             logger.info("single-object weights: check them with python -m model.checkpoint "
                         "--kind propagation --single-object --preset %s FILE", cfg.preset)
-        return 0
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
-        logger.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup_distributed()
+
+    return run_training(PropTrainConfig, argv, prog="train_prop.py", description=DESCRIPTION,
+                        build=build, after=after)
 
 
 if __name__ == "__main__":

@@ -132,14 +132,11 @@ def build_network(cfg, ctx):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train S2M; returns 0 on success, 2 for bad input (the message names the problem)."""
-    from dataset.common import DatasetError
-    from model.checkpoint import CheckpointError
     from model.train_wrappers import S2MTrainWrapper
-    from util.config import ConfigError, S2MTrainConfig
-    from util.trainer import DataStream, cleanup_distributed, finish_run, make_trainer, start_run
+    from util.config import S2MTrainConfig
+    from util.trainer import TrainingParts, run_training
 
-    try:
-        ctx = start_run(S2MTrainConfig, argv, prog="train_s2m.py", description=DESCRIPTION)
+    def build(ctx) -> TrainingParts:
         cfg = ctx.config
         dataset = build_dataset(cfg, ctx.dist)
         net = build_network(cfg, ctx)
@@ -151,20 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 logger.warning("SyncBatchNorm needs CUDA; using per-process BatchNorm on %s",
                                ctx.device)
-        wrapper.to(ctx.device)
-        data = DataStream(dataset, cfg.batch_size, ctx.dist, seed=cfg.seed,
-                          num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
-        task = S2MTask(cfg.start_warm, cfg.end_warm, cfg.top_p)
-        trainer = make_trainer(ctx, model=wrapper, network=net, task=task, data=data)
-        trainer.train()
-        finish_run(ctx, trainer)
-        return 0
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
-        logging.getLogger("train_s2m").error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup_distributed()
+        return TrainingParts(model=wrapper.to(ctx.device), network=net, dataset=dataset,
+                             task=S2MTask(cfg.start_warm, cfg.end_warm, cfg.top_p))
+
+    return run_training(S2MTrainConfig, argv, prog="train_s2m.py", description=DESCRIPTION,
+                        build=build)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -900,6 +901,54 @@ def finish_run(ctx: RunContext, trainer: Trainer) -> None:
         save_weights(trainer.network,
                      ctx.run_dir / f"{ctx.config.name}_rank{ctx.dist.rank}_final.pth")
     ctx.writer.close()
+
+
+@dataclass
+class TrainingParts:
+    """What a training script builds for one run (the rest is common to all trainers).
+
+    configure_data: optional callback given the :class:`DataStream` before training (e.g. to
+    install the propagation curriculum as its ``on_epoch``).
+    """
+
+    model: nn.Module
+    network: nn.Module
+    task: TrainTask
+    dataset: Dataset
+    configure_data: Callable[[DataStream], None] | None = None
+
+
+def run_training(config_cls: type, argv: Sequence[str] | None, *, prog: str, description: str,
+                 build: Callable[[RunContext], TrainingParts],
+                 after: Callable[[RunContext], None] | None = None) -> int:
+    """The entry point shared by the three trainers: start the run, ``build`` its parts,
+    train, finish. Returns 0 on success and 2 for bad input (config, data, checkpoint or a
+    missing file), whose message names the problem; the process group is always torn down."""
+    from dataset.common import DatasetError
+    from model.checkpoint import CheckpointError
+    from util.config import ConfigError
+
+    try:
+        ctx = start_run(config_cls, argv, prog=prog, description=description)
+        parts = build(ctx)
+        cfg = ctx.config
+        data = DataStream(parts.dataset, cfg.batch_size, ctx.dist, seed=cfg.seed,
+                          num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
+        if parts.configure_data is not None:
+            parts.configure_data(data)
+        trainer = make_trainer(ctx, model=parts.model, network=parts.network, task=parts.task,
+                               data=data)
+        trainer.train()
+        finish_run(ctx, trainer)
+        if after is not None:
+            after(ctx)
+        return 0
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
+        logging.getLogger(prog.removesuffix(".py")).error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup_distributed()
 
 
 def on_main_first(info: DistInfo, fn: Callable[[], Any]) -> None:
