@@ -37,10 +37,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-from dataset import transforms as T
 from dataset.common import (
     CorruptFileError,
     DatasetError,
@@ -51,7 +49,7 @@ from dataset.common import (
 )
 from dataset.mask_perturb import perturb_mask
 from dataset.scribble_sim import scribbles_from_errors
-from dataset.static_dataset import s2m_augmentation
+from dataset.static_dataset import s2m_augmentation, s2m_sample
 
 logger = logging.getLogger(__name__)
 
@@ -425,14 +423,4 @@ class LVISS2MDataset(Dataset):
         union = np.count_nonzero(gt | prev)
         info = {"name": f"lvis/{path.stem}/{inst.ann_id}", "index": index,
                 "from_zero": from_zero, "prev_iou": float(inter / union) if union else 1.0}
-        gt_t = torch.from_numpy(gt.astype(np.float32))[None]
-        sample = {
-            "rgb": T.to_tensor(img),
-            "gt": gt_t,
-            "cls_gt": gt_t[0].long(),
-            "prev_mask": torch.from_numpy(prev.astype(np.float32))[None],
-            "pos": torch.from_numpy(pos)[None],
-            "neg": torch.from_numpy(neg)[None],
-            "info": info,
-        }
-        return sample, details
+        return s2m_sample(img, gt, prev, pos, neg, info), details

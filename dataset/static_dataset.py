@@ -145,6 +145,22 @@ class StaticClipDataset(_StaticBase):
         }
 
 
+def s2m_sample(img: np.ndarray, gt: np.ndarray, prev: np.ndarray, pos: np.ndarray,
+               neg: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
+    """One S2M training sample as tensors: rgb 3 x S x S in [0, 1]; gt, prev_mask, pos, neg
+    1 x S x S float in {0, 1}; cls_gt S x S int64 (the class target)."""
+    gt_t = torch.from_numpy(gt.astype(np.float32))[None]
+    return {
+        "rgb": T.to_tensor(img),
+        "gt": gt_t,
+        "cls_gt": gt_t[0].long(),
+        "prev_mask": torch.from_numpy(prev.astype(np.float32))[None],
+        "pos": torch.from_numpy(pos)[None],
+        "neg": torch.from_numpy(neg)[None],
+        "info": info,
+    }
+
+
 def s2m_augmentation(size: int, scale: tuple[float, float]) -> tuple[T.Compose, T.Compose]:
     """The S2M training augmentation (REFERENCE.md f.4): a geometric part shared by the image and
     its masks (affine, shorter side to ``size``, random crop, flip) and an image-only colour part.
@@ -214,13 +230,4 @@ class S2MDataset(_StaticBase):
         union = np.count_nonzero(gt | prev)
         info = self._info(index)
         info.update(from_zero=from_zero, prev_iou=float(inter / union) if union else 1.0)
-        gt_t = torch.from_numpy(gt.astype(np.float32))[None]
-        return {
-            "rgb": T.to_tensor(img),
-            "gt": gt_t,
-            "cls_gt": gt_t[0].long(),
-            "prev_mask": torch.from_numpy(prev.astype(np.float32))[None],
-            "pos": torch.from_numpy(pos)[None],
-            "neg": torch.from_numpy(neg)[None],
-            "info": info,
-        }
+        return s2m_sample(img, gt, prev, pos, neg, info)
