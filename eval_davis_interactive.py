@@ -22,16 +22,9 @@ from pathlib import Path
 
 import torch
 
+from util.config import parse_top_k
+
 log = logging.getLogger("eval_davis_interactive")
-
-
-def parse_top_k(value: str) -> int | None:
-    if value.lower() in ("none", "full", "0"):
-        return None
-    k = int(value)
-    if k < 1:
-        raise argparse.ArgumentTypeError("top-k must be a positive integer or 'none'")
-    return k
 
 
 def build_parser() -> argparse.ArgumentParser:

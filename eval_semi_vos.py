@@ -59,6 +59,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from util.config import parse_top_k
+
 log = logging.getLogger("eval_semi_vos")
 
 DATASETS = ("davis2016", "davis2017", "youtube2018", "youtube2019", "generic")
@@ -72,19 +74,6 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------
-
-
-def parse_top_k(value: str) -> int | None:
-    """``'none'`` (full softmax) or a positive integer."""
-    if value.strip().lower() in ("none", "full"):
-        return None
-    try:
-        k = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"top-k must be a positive integer or 'none', got {value!r}") from None
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"top-k must be a positive integer or 'none', got {value!r}")
-    return k
 
 
 def _positive_int(value: str) -> int:

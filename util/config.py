@@ -705,3 +705,15 @@ def schedule_summary(cfg: TrainConfig) -> str:
             f"gamma {cfg.lr_gamma:g}), wd {cfg.weight_decay:g}, warm-up {cfg.start_warm} -> "
             f"{cfg.end_warm} (top_p {cfg.top_p:g}), amp {cfg.amp}")
 
+
+def parse_top_k(value: str) -> int | None:
+    """``'none'`` (full softmax) or a positive integer."""
+    if value.strip().lower() in ("none", "full"):
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"top-k must be a positive integer or 'none', got {value!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"top-k must be a positive integer or 'none', got {value!r}")
+    return k
