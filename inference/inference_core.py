@@ -99,6 +99,12 @@ def _as_frame_sequence(images: Any) -> tuple[Sequence, int, int, int]:
     return images, len(images), first.shape[0], first.shape[1]
 
 
+def _nbytes(features: Any) -> int:
+    """Bytes held by the tensors of a features object (e.g. QueryFeatures)."""
+    return sum(v.numel() * v.element_size() for v in vars(features).values()
+               if isinstance(v, torch.Tensor))
+
+
 class InferenceCore:
     """Interactive propagation state of one video.
 
@@ -225,14 +231,11 @@ class InferenceCore:
             feats = self.prop_net.encode_query(self.image(t))
         budget = self.config.feature_cache_mb * 2**20
         if budget > 0:
-            size = sum(v.numel() * v.element_size() for v in vars(feats).values()
-                       if isinstance(v, torch.Tensor))
             self._feature_cache[t] = feats
-            self._feature_bytes += size
+            self._feature_bytes += _nbytes(feats)
             while self._feature_bytes > budget and len(self._feature_cache) > 1:
                 _, old = self._feature_cache.popitem(last=False)
-                self._feature_bytes -= sum(v.numel() * v.element_size() for v in vars(old).values()
-                                           if isinstance(v, torch.Tensor))
+                self._feature_bytes -= _nbytes(old)
         return feats
 
     # ------------------------------------------------------------------ network calls
@@ -285,12 +288,7 @@ class InferenceCore:
     def _pass(self, r: int, step: int, ref_key: torch.Tensor, diff: torch.Tensor,
               progress: ProgressFn | None, done: int, total: int) -> int:
         """Propagate from interacted frame r in direction step (+1 / -1). Returns frames done."""
-        if step > 0:
-            later = [i for i in self.interacted if i > r]
-            stop = min(later) if later else self.num_frames
-        else:
-            earlier = [i for i in self.interacted if i < r]
-            stop = max(earlier) if earlier else -1
+        stop = self._pass_stop(r, step)
         fuse_with = stop if 0 <= stop < self.num_frames else None
         targets = list(range(r + step, stop, step))
         if not targets:
@@ -371,12 +369,15 @@ class InferenceCore:
         self._pass(idx, -1, ref_key, diff, progress, done, total)
         return self.masks
 
-    def _pass_length(self, r: int, step: int) -> int:
+    def _pass_stop(self, r: int, step: int) -> int:
+        """Where a pass from r in direction step stops (exclusive): the nearest interacted frame
+        in that direction, or one past the end of the video (T or -1)."""
         if step > 0:
-            later = [i for i in self.interacted if i > r]
-            return (min(later) if later else self.num_frames) - r - 1
-        earlier = [i for i in self.interacted if i < r]
-        return r - (max(earlier) if earlier else -1) - 1
+            return min((i for i in self.interacted if i > r), default=self.num_frames)
+        return max((i for i in self.interacted if i < r), default=-1)
+
+    def _pass_length(self, r: int, step: int) -> int:
+        return abs(self._pass_stop(r, step) - r) - 1
 
     @torch.inference_mode()
     def update_mask_only(self, mask: torch.Tensor | np.ndarray, idx: int) -> np.ndarray:
