@@ -104,6 +104,7 @@ def build_dataset(cfg, info):
     from util.trainer import synthetic_static_root, synthetic_video_root
 
     size, seed = cfg.crop_size, cfg.seed
+    scale = tuple(cfg.crop_scale) or None  # None: the dataset's recipe default
     if cfg.stage == "s0":
         if cfg.data == "synthetic":
             roots = [synthetic_static_root(cfg.synthetic_root(), cfg.synthetic_static_count,
@@ -121,22 +122,23 @@ def build_dataset(cfg, info):
     if cfg.data == "synthetic":
         root = synthetic_video_root(cfg.synthetic_root(), cfg.synthetic_preset, seed, info)
         return VOSClipDataset(root, subset=root / "ImageSets" / "2017" / "train.txt", size=size,
-                              seed=seed, bl30k=cfg.stage == "s1", max_tries=cfg.max_tries)
+                              seed=seed, bl30k=cfg.stage == "s1", max_tries=cfg.max_tries,
+                              scale=scale)
     if cfg.stage == "s1":
         root = _require(cfg.real_root(cfg.bl30k_root, "BL30K"), "the BL30K root", "--bl30k-root")
         return VOSClipDataset(root, size=size, seed=seed, bl30k=True, layout="plain",
-                              max_tries=cfg.max_tries)
+                              max_tries=cfg.max_tries, scale=scale)
     davis = _require(cfg.real_root(cfg.davis_root, "DAVIS/2017/trainval"), "the DAVIS root",
                      "--davis-root")
     parts = [VOSClipDataset(davis, subset=davis / "ImageSets" / "2017" / "train.txt", size=size,
                             seed=seed, repeat=cfg.davis_repeat, layout="davis",
-                            max_tries=cfg.max_tries)]
+                            max_tries=cfg.max_tries, scale=scale)]
     if cfg.use_youtube:
         yt = _require(cfg.real_root(cfg.youtube_root, "YouTube/train_480p"),
                       "the YouTubeVOS root", "--youtube-root")
         parts.append(VOSClipDataset(yt, size=size, seed=seed + 1,
                                     jump_divisor=cfg.youtube_jump_divisor, layout="plain",
-                                    max_tries=cfg.max_tries))
+                                    max_tries=cfg.max_tries, scale=scale))
     return ConcatDataset(parts) if len(parts) > 1 else parts[0]
 
 
@@ -188,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def configure(data) -> None:
             data.on_epoch = curriculum(cfg, data)
 
-        return TrainingParts(model=PropagationTrainWrapper(net).to(ctx.device), network=net,
+        return TrainingParts(model=PropagationTrainWrapper(net, cfg.batchnorm).to(ctx.device), network=net,
                              task=PropagationTask(cfg.start_warm, cfg.end_warm, cfg.top_p),
                              dataset=dataset, configure_data=configure)
 

@@ -160,15 +160,22 @@ class PropagationTrainWrapper(nn.Module):
     the selector when the clip has a single object.
     """
 
-    def __init__(self, net: PropagationNetwork):
+    def __init__(self, net: PropagationNetwork, batchnorm: str = "frozen"):
         super().__init__()
+        if batchnorm not in ("frozen", "train"):
+            raise ValueError(f"batchnorm must be 'frozen' or 'train', got {batchnorm!r}")
         self.net = net
+        self.batchnorm = batchnorm
 
     def train_mode(self) -> None:
-        """Training mode with frozen BatchNorm statistics (the reference keeps the whole
-        network in eval mode; no dropout exists, so this is the same)."""
+        """Training mode. With ``batchnorm='frozen'`` (the reference recipe, whose encoders
+        start from ImageNet weights) BatchNorm keeps its running statistics: the reference
+        keeps the whole network in eval mode, and with no dropout that is the same. With
+        ``'train'`` BatchNorm normalises with batch statistics, which a randomly initialised
+        network needs to train at all in a few thousand iterations."""
         self.train()
-        freeze_bn(self.net)
+        if self.batchnorm == "frozen":
+            freeze_bn(self.net)
 
     def forward(self, frames: torch.Tensor, gt: torch.Tensor, sec_gt: torch.Tensor | None = None,
                 selector: torch.Tensor | None = None) -> PropagationOutput:

@@ -60,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{FULL_ITERATIONS[key]} x --scale; --mini: {MINI_ITERATIONS[key]})")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the data generation and of the trainers")
-    p.add_argument("--num-threads", type=int, default=1,
-                   help="torch CPU threads of training and evaluation")
+    p.add_argument("--num-threads", type=int, default=2,
+                   help="torch CPU threads of training and evaluation (2 fits a 2-core machine: "
+                        "the DataLoader workers mostly wait)")
+    p.add_argument("--prop-lr", type=float, default=1e-4,
+                   help="Adam LR of both propagation stages. The recipe's 1e-5 fine-tunes "
+                        "ImageNet-initialised encoders; the lite networks start from random "
+                        "weights and barely move at 1e-5 in a few hundred iterations")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader workers of the trainers (default: 2; --mini: 0)")
     p.add_argument("--crop-size", type=int, default=None,
@@ -347,17 +352,21 @@ def main(argv: list[str] | None = None) -> int:
         ("prop_s0", paths.prop_s0.is_file,
          lambda: run_trainer("train_prop", common + train_dir(paths.prop_s0)
                              + save_every(it["prop_s0"])
-                             + ["--stage", "s0", "--iterations", str(it["prop_s0"])],
+                             + ["--stage", "s0", "--iterations", str(it["prop_s0"]),
+                                "--lr", str(args.prop_lr)],
                              paths.prop_s0)),
         ("prop_s2", paths.prop_s2.is_file,
          lambda: run_trainer("train_prop", common + train_dir(paths.prop_s2)
                              + save_every(it["prop_s2"])
                              + ["--stage", "s2", "--iterations", str(it["prop_s2"]),
-                                "--load", str(paths.prop_s0)], paths.prop_s2)),
+                                "--lr", str(args.prop_lr), "--load", str(paths.prop_s0)],
+                             paths.prop_s2)),
+        # fusion: constant LR (no --lr-steps): at this length the recipe's step, scaled to
+        # two thirds of the run, would leave most of the iterations at a tenth of the LR
         ("fusion", paths.fusion.is_file,
          lambda: run_trainer("train_fusion", common + train_dir(paths.fusion)
                              + save_every(it["fusion"])
-                             + ["--iterations", str(it["fusion"]),
+                             + ["--iterations", str(it["fusion"]), "--lr-steps",
                                 "--prop-model", str(paths.prop_s2)] + cfg["generate"],
                              paths.fusion)),
         ("ablation", lambda: ablation_done(cfg, paths),

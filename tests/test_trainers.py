@@ -477,6 +477,41 @@ def test_freeze_bn_keeps_affine_trainable():
     assert all(m.weight.requires_grad for m in bns)
 
 
+def test_crop_scale_reaches_the_video_clips(data_root):
+    from util.config import ConfigError, resolve_config
+
+    argv = common_args(data_root) + ["--stage", "s2", "--output", "unused"]
+    default = resolve_config(PropTrainConfig, argv)[0]
+    scaled = resolve_config(PropTrainConfig, argv + ["--crop-scale", "0.1", "0.25"])[0]
+    info = DistInfo()
+    geometry = [train_prop.build_dataset(c, info).shared_geometry.transforms[1].scale
+                for c in (default, scaled)]
+    assert geometry == [(0.36, 1.0), (0.1, 0.25)]
+    for bad in (["0.5"], ["0.5", "0.2"], ["0", "1"], ["0.5", "1.5"]):
+        with pytest.raises(ConfigError, match="crop-scale"):
+            resolve_config(PropTrainConfig, argv + ["--crop-scale", *bad])
+
+
+def test_propagation_batchnorm_modes():
+    """'frozen' (the reference recipe) leaves the running statistics alone during a training
+    forward; 'train' (the lite default, for random initialisation) updates them."""
+    assert PropTrainConfig.for_stage("s2").batchnorm == "frozen"
+    assert PropTrainConfig.for_stage("s2").lite().batchnorm == "train"
+    torch.manual_seed(0)
+    frames = torch.randn(2, 3, 3, 32, 32)
+    gt = (torch.rand(2, 3, 1, 32, 32) > 0.5).float()
+    for mode, changes in (("frozen", False), ("train", True)):
+        w = PropagationTrainWrapper(build_propagation("lite"), batchnorm=mode)
+        w.train_mode()
+        bn = w.net.mask_rgb_encoder.bn1
+        before = bn.running_mean.clone()
+        w(frames, gt)
+        assert bn.training == changes
+        assert (not torch.equal(before, bn.running_mean)) == changes, mode
+    with pytest.raises(ValueError, match="batchnorm"):
+        PropagationTrainWrapper(build_propagation("lite"), batchnorm="sync")
+
+
 def test_propagation_weight_loading_widens_stem_and_reader_is_strict(tmp_path):
     single = build_propagation("lite", single_object=True)
     save_weights(single, tmp_path / "s0.pth")

@@ -338,6 +338,19 @@ class PropTrainConfig(TrainConfig):
                                              "values (one more than the fractions)", metavar="J")
     max_tries: int = opt(5, "video clips: attempts to find a usable object before using empty "
                          "masks")
+    crop_scale: tuple[float, ...] = opt((), "video clips: RandomResizedCrop area range MIN MAX "
+                                        "as fractions of the frame (empty: the recipe's "
+                                        "0.36-1.0, BL30K 0.25-1.0). With crops much smaller "
+                                        "than the frames (e.g. lite crops of 96 on 240-high "
+                                        "frames) the recipe's range shrinks objects about 3x "
+                                        "below their size at inference; a range of about "
+                                        "(S / H)^2 x (0.6, 1.5) keeps them near it",
+                                        metavar="F")
+    batchnorm: str = opt("frozen", "BatchNorm during training: 'frozen' keeps every BN layer in "
+                         "eval mode (running statistics fixed, affine parameters train), as the "
+                         "reference recipe does for its ImageNet-initialised encoders; 'train' "
+                         "uses batch statistics, which a randomly initialised network needs "
+                         "(default of --preset lite)", choices=("frozen", "train"))
 
     STAGES: ClassVar[dict[str, str]] = {"s0": "s0", "s1": "s1", "s2": "s2", "s02": "s02"}
     DEFAULT_STAGE: ClassVar[str] = "s0"
@@ -379,7 +392,7 @@ class PropTrainConfig(TrainConfig):
                        lr_steps=(250_000,))
 
     def lite(self) -> PropTrainConfig:
-        return replace(super().lite(), crop_size=96, batch_size=4)
+        return replace(super().lite(), crop_size=96, batch_size=4, batchnorm="train")
 
     def validate(self) -> None:
         super().validate()
@@ -389,6 +402,10 @@ class PropTrainConfig(TrainConfig):
                               "--curriculum-fractions")
         if self.stage == "s0" and not self.single_object:
             logger.warning("stage s0 with a multi-object network: frame 0 memorises no 'others'")
+        if self.crop_scale and (len(self.crop_scale) != 2
+                                or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
+            raise ConfigError(f"--crop-scale needs MIN MAX with 0 < MIN <= MAX <= 1, got "
+                              f"{list(self.crop_scale)}")
         if self.stage != "s0" and self.single_object:
             raise ConfigError("--single-object is only for stage s0 (static images)")
 
