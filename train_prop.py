@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from util.trainer import StepOutput, TrainTask
+from util.trainer import StepOutput, TrainTask, sync_batchnorm
 
 logger = logging.getLogger("train_prop")
 
@@ -190,7 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         def configure(data) -> None:
             data.on_epoch = curriculum(cfg, data)
 
-        return TrainingParts(model=PropagationTrainWrapper(net, cfg.batchnorm).to(ctx.device), network=net,
+        wrapper = PropagationTrainWrapper(net, cfg.batchnorm)
+        if cfg.batchnorm == "train" and cfg.sync_bn:
+            wrapper = sync_batchnorm(wrapper, ctx.dist, ctx.device)
+            net = wrapper.net
+        return TrainingParts(model=wrapper.to(ctx.device), network=net,
                              task=PropagationTask(cfg.start_warm, cfg.end_warm, cfg.top_p),
                              dataset=dataset, configure_data=configure)
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from util.trainer import StepOutput, TrainTask
+from util.trainer import StepOutput, TrainTask, sync_batchnorm
 
 logger = logging.getLogger("train_s2m")
 
@@ -141,13 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = build_dataset(cfg, ctx.dist)
         net = build_network(cfg, ctx)
         wrapper = S2MTrainWrapper(net)
-        if ctx.dist.distributed and cfg.sync_bn:
-            if ctx.device.type == "cuda":
-                wrapper = nn.SyncBatchNorm.convert_sync_batchnorm(wrapper)
-                net = wrapper.net
-            else:
-                logger.warning("SyncBatchNorm needs CUDA; using per-process BatchNorm on %s",
-                               ctx.device)
+        if cfg.sync_bn:
+            wrapper = sync_batchnorm(wrapper, ctx.dist, ctx.device)
+            net = wrapper.net
         return TrainingParts(model=wrapper.to(ctx.device), network=net, dataset=dataset,
                              task=S2MTask(cfg.start_warm, cfg.end_warm, cfg.top_p))
 

@@ -50,6 +50,9 @@ Presets
   subset='val')`` runs on it.  1999 frames, mostly 854 x 480.
 * ``train-small``: 16 train + 4 val sequences of 30 frames, 240 x 432, 1-3 objects, 2
   scribble files each (smoke training).
+* ``train-quarter``: the same layout at 120 x 216, a quarter of DAVIS's 480p, for lite
+  networks, whose 96-px training crops are a quarter of the recipe's 384 (so crops show objects
+  at about the size they have in these frames, as the recipe's crops do on 480p).
 * ``static``: :func:`generate_static_pairs` (200 pairs of 256 x 256 by default), written as
   ``NNNNN.jpg`` + ``NNNNN.png`` (0/255 mask) directly under ``--out``.
 
@@ -104,7 +107,7 @@ __all__ = [
 #: Bumped whenever the output for a given seed changes (invalidates completion markers).
 GENERATOR_VERSION = 1
 
-PRESETS = ("tiny", "davis-val", "train-small", "static")
+PRESETS = ("tiny", "davis-val", "train-small", "train-quarter", "static")
 
 IMAGES_DIR = Path("JPEGImages") / "480p"
 ANNOTATIONS_DIR = Path("Annotations") / "480p"
@@ -202,13 +205,13 @@ def _tiny_specs() -> list[SequenceSpec]:
     ]
 
 
-def _train_small_specs(seed: int) -> list[SequenceSpec]:
+def _train_small_specs(seed: int, height: int = 240, width: int = 432) -> list[SequenceSpec]:
     rng = np.random.default_rng([seed, _salt("train-small-layout")])
     specs = []
     for i in range(20):
         subset = "train" if i < 16 else "val"
         name = f"{subset}-{i if i < 16 else i - 16:03d}"
-        specs.append(SequenceSpec(name, 30, 240, 432, int(rng.integers(1, 4)), 2, subset))
+        specs.append(SequenceSpec(name, 30, height, width, int(rng.integers(1, 4)), 2, subset))
     return specs
 
 
@@ -233,14 +236,18 @@ def _davis_val_specs() -> list[SequenceSpec]:
 
 
 def preset_specs(preset: str, seed: int = 0) -> list[SequenceSpec]:
-    """The sequence specifications of a video preset (``tiny``, ``davis-val``, ``train-small``)."""
+    """The sequence specifications of a video preset (``tiny``, ``davis-val``, ``train-small``,
+    ``train-quarter``)."""
     if preset == "tiny":
         return _tiny_specs()
     if preset == "davis-val":
         return _davis_val_specs()
     if preset == "train-small":
         return _train_small_specs(seed)
-    raise ValueError(f"unknown video preset {preset!r} (expected tiny, davis-val, train-small)")
+    if preset == "train-quarter":
+        return _train_small_specs(seed, 120, 216)
+    raise ValueError(f"unknown video preset {preset!r} (expected tiny, davis-val, train-small, "
+                     "train-quarter)")
 
 
 # ============================================================================ textures
@@ -1274,6 +1281,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "               scribble counts: the unmodified DavisInteractiveSession(\n"
             "               davis_root=OUT, subset='val') runs on it (~2000 frames at 480p)\n"
             "  train-small  16 train + 4 val sequences, 30 frames, 240x432 (smoke training)\n"
+            "  train-quarter  the same at 120x216 (lite training at a quarter of 480p)\n"
             "  static       image/mask pairs NNNNN.jpg + NNNNN.png (0/255) directly in OUT\n"))
     p.add_argument("--out", required=True, help="output root folder")
     p.add_argument("--preset", required=True, choices=PRESETS, help="what to generate")

@@ -8,10 +8,12 @@ Nothing is downloaded. On a CPU machine::
 runs these steps, each skipped when its output already exists (a re-run continues where an
 interrupted one stopped; the trainers also resume from their last resumable checkpoint):
 
-1. ``data``: synthetic training data (the ``train-small`` videos and static image/mask pairs,
-   where the trainers' ``--data synthetic`` mode expects them) and a separate synthetic
-   validation set in the DAVIS layout (subset ``val``, with robot scribbles), which the
-   evaluation registers with the official ``davisinteractive`` tables;
+1. ``data``: synthetic training data (the ``train-quarter`` videos, 120 x 216, and static
+   image/mask pairs, where the trainers' ``--data synthetic`` mode expects them) and a separate
+   synthetic validation set in the DAVIS layout at the same size (subset ``val``, with robot
+   scribbles), which the evaluation registers with the official ``davisinteractive`` tables.
+   The lite crop (96) is a quarter of the recipe's 384, so the frames are a quarter of DAVIS
+   480p: the crops then show objects at about their size in the evaluated frames;
 2. ``s2m``: the lite S2M network;
 3. ``prop_s0`` / ``prop_s2``: the lite propagation network, static-image stage then video stage
    (loading the stage-0 weights);
@@ -38,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # iteration counts of the full run (before --scale) and of --mini
-FULL_ITERATIONS = {"s2m": 300, "prop_s0": 250, "prop_s2": 250, "fusion": 150}
+FULL_ITERATIONS = {"s2m": 400, "prop_s0": 250, "prop_s2": 500, "fusion": 300}
 MINI_ITERATIONS = {"s2m": 2, "prop_s0": 2, "prop_s2": 2, "fusion": 2}
 ROW_KEYS = ("no_topk", "topk", "linear", "diff", "oracle")
 STEPS = ("data", "s2m", "prop_s0", "prop_s2", "fusion", "ablation", "report")
@@ -77,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation sequences (default: 4; --mini: 2)")
     p.add_argument("--val-frames", type=int, default=None,
                    help="frames per validation sequence (default: 24; --mini: 6-8)")
-    p.add_argument("--val-height", type=int, default=None, help="default 240; --mini: 48")
-    p.add_argument("--val-width", type=int, default=None, help="default 432; --mini: 64")
+    p.add_argument("--val-height", type=int, default=None,
+                   help="default 120 (the training videos' size, a quarter of DAVIS 480p, as "
+                        "the lite crop of 96 is a quarter of the recipe's 384); --mini: 48")
+    p.add_argument("--val-width", type=int, default=None, help="default 216; --mini: 64")
     p.add_argument("--max-interactions", type=int, default=None,
                    help="interactions per sample (default: 8; --mini: 3)")
     p.add_argument("--rows", nargs="+", choices=ROW_KEYS, default=None,
@@ -109,7 +113,7 @@ def settings(args) -> dict:
     return {
         "mini": mini,
         "iterations": iterations,
-        "train_preset": "tiny" if mini else "train-small",
+        "train_preset": "tiny" if mini else "train-quarter",
         "static_count": 8 if mini else 200,
         "static_size": 64 if mini else 256,
         "crop_size": pick(args.crop_size, 96, 64),
@@ -117,8 +121,8 @@ def settings(args) -> dict:
         "num_workers": pick(args.num_workers, 2, 0),
         "val_sequences": pick(args.val_sequences, 4, 2),
         "val_frames": pick(args.val_frames, 24, 6),
-        "val_height": pick(args.val_height, 240, 48),
-        "val_width": pick(args.val_width, 432, 64),
+        "val_height": pick(args.val_height, 120, 48),
+        "val_width": pick(args.val_width, 216, 64),
         "max_interactions": pick(args.max_interactions, 8, 3),
         "rows": list(args.rows) if args.rows else (["diff", "oracle"] if mini else
                                                      list(ROW_KEYS)),
@@ -280,6 +284,34 @@ def overlay_grid(paths: Paths, row: str, path: Path, num_frames: int = 4) -> str
     return None
 
 
+def empty_prediction_floor(val_root: Path) -> float | None:
+    """J&F of an all-background answer on the validation set, with the official metrics and
+    the session report's weighting (every sample x object x frame). Frames where an object is
+    absent score 1 for an empty answer, so this is the score of a network that does nothing."""
+    import numpy as np
+
+    from util.davis_compat import ensure_compat
+    from util.palette import read_mask
+
+    ensure_compat()
+    from davisinteractive.metrics import batched_f_measure, batched_jaccard
+
+    listing = val_root / "ImageSets" / "2017" / "val.txt"
+    if not listing.is_file():
+        return None
+    scores = []
+    for seq in listing.read_text().split():
+        files = sorted((val_root / "Annotations" / "480p" / seq).glob("*.png"))
+        gt = np.stack([read_mask(f) for f in files])
+        k = int(gt[0].max())
+        empty = np.zeros_like(gt)
+        j = batched_jaccard(gt, empty, average_over_objects=False, nb_objects=k)
+        f = batched_f_measure(gt, empty, average_over_objects=False, nb_objects=k)
+        samples = max(1, len(list((val_root / "Scribbles" / seq).glob("*.json"))))
+        scores += [float(x) for x in (0.5 * (j + f)).ravel()] * samples
+    return float(np.mean(scores)) if scores else None
+
+
 def write_report(cfg: dict, paths: Paths, timings: dict) -> dict:
     from inference.davis_interactive import per_interaction_scores
 
@@ -294,11 +326,15 @@ def write_report(cfg: dict, paths: Paths, timings: dict) -> dict:
              f"davisinteractive robot and session, {cfg['max_interactions']} interactions).",
              ""]
     final = None
+    floor = empty_prediction_floor(paths.val) if results else None
     if "diff" in results:
         final = per_interaction_scores(results["diff"])[-1]
         lines += [f"**J&F after the last interaction, difference-aware fusion: {final:.3f}** "
                   f"(AUC {results['diff']['auc']:.3f}, J&F@60s "
                   f"{results['diff']['metric_at_threshold']['J_AND_F']:.3f})", ""]
+    if floor is not None:
+        lines += [f"For scale: an all-background answer scores J&F {floor:.3f} on this "
+                  "validation set (frames where an object is absent count 1).", ""]
     table_md = paths.ablation / "table5.md"
     if table_md.is_file():
         body = table_md.read_text().split("\n", 1)[1].strip()
@@ -320,7 +356,7 @@ def write_report(cfg: dict, paths: Paths, timings: dict) -> dict:
     tmp = paths.report.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, paths.report)
-    return {"final_jf_diff": final, "rows": sorted(results)}
+    return {"final_jf_diff": final, "empty_floor": floor, "rows": sorted(results)}
 
 
 # ============================================================================ main
@@ -394,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(timings, indent=2))
     os.replace(tmp, paths.timings)
     write_report(cfg, paths, timings)
+    if info["empty_floor"] is not None:
+        print(f"[quickstart] an all-background answer scores J&F {info['empty_floor']:.3f} "
+              "on the validation set")
     if info["final_jf_diff"] is not None:
         print(f"[quickstart] J&F after the last interaction (difference-aware fusion): "
               f"{info['final_jf_diff']:.3f}")

@@ -268,6 +268,16 @@ def test_davis_val_preset_mirrors_official_tables(tmp_path):
     assert davis.load_scribble("judo", 3)["sequence"] == "judo"
 
 
+def test_train_quarter_is_train_small_at_a_quarter_of_480p():
+    small, quarter = S.preset_specs("train-small", 3), S.preset_specs("train-quarter", 3)
+    assert [(q.name, q.num_objects, q.subset, q.num_frames) for q in quarter] == [
+        (s.name, s.num_objects, s.subset, s.num_frames) for s in small]
+    assert {(q.height, q.width) for q in quarter} == {(120, 216)}
+    assert sum(q.subset == "train" for q in quarter) == 16
+    with pytest.raises(ValueError, match="train-quarter"):
+        S.preset_specs("quarter")
+
+
 def test_static_pairs(tmp_path):
     stems = S.generate_static_pairs(tmp_path / "a", 3, (40, 56), seed=5)
     assert stems == ["00000", "00001", "00002"]

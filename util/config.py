@@ -113,7 +113,7 @@ class TrainConfig:
                                 "generated (default <output>/data)", metavar="DIR")
     synthetic_preset: str = opt("train-small", "video preset of dataset.synthetic used with "
                                 "--data synthetic ('tiny' is a 3-video test fixture)",
-                                choices=("tiny", "train-small"))
+                                choices=("tiny", "train-small", "train-quarter"))
     synthetic_static_count: int = opt(200, "number of static image/mask pairs generated with "
                                       "--data synthetic (static stages)")
     synthetic_static_size: int = opt(256, "side of the generated static images (pixels)")
@@ -351,6 +351,8 @@ class PropTrainConfig(TrainConfig):
                          "reference recipe does for its ImageNet-initialised encoders; 'train' "
                          "uses batch statistics, which a randomly initialised network needs "
                          "(default of --preset lite)", choices=("frozen", "train"))
+    sync_bn: bool = opt(True, "with --batchnorm train: SyncBatchNorm under DDP (CUDA only; "
+                        "per-process BatchNorm on CPU)")
 
     STAGES: ClassVar[dict[str, str]] = {"s0": "s0", "s1": "s1", "s2": "s2", "s02": "s02"}
     DEFAULT_STAGE: ClassVar[str] = "s0"

@@ -61,6 +61,7 @@ from util.logger import Integrator, TensorBoardWriter, git_hash, save_image_grid
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "sync_batchnorm",
     "DistInfo",
     "init_distributed",
     "cleanup_distributed",
@@ -970,6 +971,19 @@ def synthetic_static_root(root: Path, count: int, size: int, seed: int, info: Di
 
     on_main_first(info, make)
     return out
+
+
+def sync_batchnorm(wrapper: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """``wrapper`` with SyncBatchNorm layers when training under DDP on CUDA (batch statistics
+    over all processes, identical running statistics on every rank). Elsewhere the wrapper is
+    returned unchanged: SyncBatchNorm needs CUDA, so CPU processes keep their own statistics
+    (rank 0's are the ones saved)."""
+    if not info.distributed:
+        return wrapper
+    if device.type != "cuda":
+        logger.warning("SyncBatchNorm needs CUDA; using per-process BatchNorm on %s", device)
+        return wrapper
+    return nn.SyncBatchNorm.convert_sync_batchnorm(wrapper)
 
 
 def synthetic_video_root(root: Path, preset: str, seed: int, info: DistInfo) -> Path:
