@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ from model.memory import (
     softmax_topk,
     softmax_topk_km,
 )
+from tests._scripts import load_script
 
 
 def _inputs(batch, ck=8, cv=5, n=24, m=12, dtype=torch.float32, seed=0):
@@ -350,10 +349,7 @@ def test_km_centre_found_in_a_later_chunk():
 
 
 def test_bench_script_quick(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_memory_read.py"
-    spec = importlib.util.spec_from_file_location("bench_memory_read", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_memory_read")
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
     bench.main(["--quick", "--repeats", "1", "--T", "2", "--json", str(out_json),
                 "--markdown", str(out_md)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,16 +12,11 @@ from dataset.synthetic import write_dataset
 from model.checkpoint import save_weights
 from model.presets import build_propagation
 from model.train_wrappers import PropagationOutput
-
-REPO = Path(__file__).resolve().parent.parent
+from tests._scripts import load_script
 
 
 def load_probe():
-    spec = importlib.util.spec_from_file_location("probe_propagation_script",
-                                                  REPO / "scripts" / "probe_propagation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("probe_propagation")
 
 
 @pytest.fixture(scope="module")

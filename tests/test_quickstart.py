@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests._scripts import load_script
 
 pytest.importorskip("davisinteractive")
 
 
 def load_quickstart():
-    spec = importlib.util.spec_from_file_location("quickstart_script",
-                                                  REPO / "scripts" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quickstart")
 
 
 @pytest.mark.slow
