@@ -32,8 +32,6 @@ Prints a Markdown table (mean IoU over every object and frame of the probe).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -147,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.presets import build_propagation
     from model.train_wrappers import PropagationTrainWrapper, load_propagation_weights
+    from util.fileio import atomic_save_json
 
     torch.set_num_threads(args.threads)
     root = Path(args.root)
@@ -189,12 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                           and r["size"] == label and r["probe"] == p) for p in probes]
             print(f"| {name} | {label} | " + " | ".join(cells) + " |")
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"root": str(root), "split": args.split, "sequences": seqs,
-                                   "single": args.single, "results": results}, indent=2))
-        os.replace(tmp, out)
+        atomic_save_json(args.json, {"root": str(root), "split": args.split, "sequences": seqs,
+                                     "single": args.single, "results": results})
     return 0
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -169,6 +168,7 @@ class Paths:
 
 def step_data(cfg: dict, paths: Paths, seed: int) -> None:
     from dataset.synthetic import generate_static_pairs, write_dataset
+    from util.fileio import atomic_save_json
 
     # the same folders and parameters as the trainers' --data synthetic mode, so they reuse it
     write_dataset(paths.synthetic / cfg["train_preset"], cfg["train_preset"], seed=seed)
@@ -176,10 +176,8 @@ def step_data(cfg: dict, paths: Paths, seed: int) -> None:
                           seed)
     specs = val_specs(cfg)
     write_dataset(paths.val, "quickstart-val", seed=seed, specs=specs)
-    tmp = paths.data_done.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"train_preset": cfg["train_preset"],
-                               "val": [s.name for s in specs]}, indent=2))
-    os.replace(tmp, paths.data_done)
+    atomic_save_json(paths.data_done, {"train_preset": cfg["train_preset"],
+                                       "val": [s.name for s in specs]})
 
 
 def common_train_args(cfg: dict, paths: Paths, args) -> list[str]:
@@ -224,10 +222,8 @@ def step_ablation(cfg: dict, paths: Paths, args) -> None:
 
 
 def ablation_done(cfg: dict, paths: Paths) -> bool:
-    if not paths.table.is_file():
-        return False
     try:
-        results = json.loads(paths.table.read_text())
+        results = load_results(paths)
     except ValueError:
         return False
     return all(r in results for r in cfg["rows"])
@@ -252,6 +248,7 @@ def overlay_grid(paths: Paths, row: str, path: Path, num_frames: int = 4) -> str
     import numpy as np
     from PIL import Image
 
+    from util.fileio import atomic_save_image
     from util.palette import read_mask
     from util.video_io import overlay
 
@@ -276,9 +273,7 @@ def overlay_grid(paths: Paths, row: str, path: Path, num_frames: int = 4) -> str
             bottom.append(overlay(image, gt))
         a, b = _strip(top), _strip(bottom)
         grid = np.concatenate([a, np.full((4, a.shape[1], 3), 255, np.uint8), b], axis=0)
-        tmp = path.with_suffix(".tmp.png")
-        Image.fromarray(grid).save(tmp)
-        os.replace(tmp, path)
+        atomic_save_image(path, grid)
         return (f"`{seq}`, scribble file {samples[0].name}, frames "
                 + ", ".join(str(t) for t in picks))
     return None
@@ -312,11 +307,18 @@ def empty_prediction_floor(val_root: Path) -> float | None:
     return float(np.mean(scores)) if scores else None
 
 
-def write_report(cfg: dict, paths: Paths, timings: dict) -> dict:
-    from inference.davis_interactive import per_interaction_scores
+def load_results(paths: Paths) -> dict:
+    """The ablation rows finished so far (``table5.json``), or {}."""
+    return json.loads(paths.table.read_text()) if paths.table.is_file() else {}
 
-    results = json.loads(paths.table.read_text()) if paths.table.is_file() else {}
-    caption = overlay_grid(paths, "diff", paths.overlay) if "diff" in results else None
+
+def write_report(cfg: dict, paths: Paths, timings: dict, results: dict, floor: float | None,
+                 caption: str | None) -> float | None:
+    """Write ``report.md`` from the finished parts; returns the final J&F of the diff row.
+    ``floor`` is :func:`empty_prediction_floor`, ``caption`` what :func:`overlay_grid` returned."""
+    from inference.davis_interactive import per_interaction_scores
+    from util.fileio import atomic_write_text
+
     lines = ["# MiVOS quickstart report", "",
              f"Mode: {'mini (CI)' if cfg['mini'] else 'full'}; lite networks trained on "
              f"synthetic `{cfg['train_preset']}` data; iterations "
@@ -326,7 +328,6 @@ def write_report(cfg: dict, paths: Paths, timings: dict) -> dict:
              f"davisinteractive robot and session, {cfg['max_interactions']} interactions).",
              ""]
     final = None
-    floor = empty_prediction_floor(paths.val) if results else None
     if "diff" in results:
         final = per_interaction_scores(results["diff"])[-1]
         lines += [f"**J&F after the last interaction, difference-aware fusion: {final:.3f}** "
@@ -353,10 +354,8 @@ def write_report(cfg: dict, paths: Paths, timings: dict) -> dict:
             lines.append(f"| {step} | {t['seconds']:.1f} | {t['status']} |")
     total = sum(t["seconds"] for t in timings.values())
     lines += [f"| total | {total:.1f} | |", ""]
-    tmp = paths.report.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, paths.report)
-    return {"final_jf_diff": final, "empty_floor": floor, "rows": sorted(results)}
+    atomic_write_text(paths.report, "\n".join(lines))
+    return final
 
 
 # ============================================================================ main
@@ -366,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    from util.fileio import atomic_save_json
+
     cfg = settings(args)
     paths = Paths(Path(args.output))
     paths.out.mkdir(parents=True, exist_ok=True)
@@ -419,23 +420,24 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         run()
         timings[name] = {"seconds": time.time() - t0, "status": "done"}
-        tmp = paths.timings.with_suffix(".tmp")
-        tmp.write_text(json.dumps(timings, indent=2))
-        os.replace(tmp, paths.timings)
+        atomic_save_json(paths.timings, timings)
         print(f"[quickstart] {name}: {timings[name]['seconds']:.1f} s", flush=True)
+    # report: the floor and the overlay once, then the text (written again once the report's
+    # own time is known, so that its table lists it)
     t0 = time.time()
-    info = write_report(cfg, paths, timings)
+    results = load_results(paths)
+    floor = empty_prediction_floor(paths.val) if results else None
+    caption = overlay_grid(paths, "diff", paths.overlay) if "diff" in results else None
+    final = write_report(cfg, paths, timings, results, floor, caption)
     timings["report"] = {"seconds": time.time() - t0, "status": "done"}
-    tmp = paths.timings.with_suffix(".tmp")
-    tmp.write_text(json.dumps(timings, indent=2))
-    os.replace(tmp, paths.timings)
-    write_report(cfg, paths, timings)
-    if info["empty_floor"] is not None:
-        print(f"[quickstart] an all-background answer scores J&F {info['empty_floor']:.3f} "
-              "on the validation set")
-    if info["final_jf_diff"] is not None:
+    atomic_save_json(paths.timings, timings)
+    write_report(cfg, paths, timings, results, floor, caption)
+    if floor is not None:
+        print(f"[quickstart] an all-background answer scores J&F {floor:.3f} on the "
+              "validation set")
+    if final is not None:
         print(f"[quickstart] J&F after the last interaction (difference-aware fusion): "
-              f"{info['final_jf_diff']:.3f}")
+              f"{final:.3f}")
     print(f"[quickstart] finished in {time.time() - start_all:.1f} s; report: {paths.report}",
           flush=True)
     return 0
