@@ -54,8 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-interactions", type=int, default=8, help="interactions per sample")
     p.add_argument("--seconds-per-interaction", type=float, default=30.0,
                    help="the session's time budget is this x max-interactions per object")
-    p.add_argument("--padded-scribbles", action="store_true",
-                   help="rasterise scribbles at the padded frame size as the original driver did")
+    p.add_argument("--protocol", choices=["mivos", "corrected"], default="mivos",
+                   help="mivos (default): the original driver's arithmetic, quirks included: "
+                        "scribbles rasterised at the padded size (stretched over the padding), "
+                        "dilated there and fed to S2M uncropped; S2M's existing-mask input is the "
+                        "padded hard mask (labels in the padding); S2M's output is committed with "
+                        "its padding; an empty robot scribble falls on the last frame of the video. "
+                        "corrected: (1) scribbles rasterised at the image size; (2) S2M inputs zero "
+                        "in the padding; (3) the committed mask has no probability in the padding; "
+                        "(4) an empty robot scribble keeps the last scribbled frame and its mask "
+                        "(S2M does not run)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast for inference")
     p.add_argument("--save-masks", action="store_true", help="write palette PNGs of every sample")
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     config = DavisEvalConfig(
         davis_root=args.davis, output=args.output, subset=args.subset,
         max_interactions=args.max_interactions, seconds_per_interaction=args.seconds_per_interaction,
-        oracle=args.oracle, padded_scribbles=args.padded_scribbles, save_masks=args.save_masks,
+        oracle=args.oracle, protocol=args.protocol, save_masks=args.save_masks,
         resume=not args.no_resume, inference=inference)
     from inference.davis_interactive import check_davis_root
 

@@ -6,6 +6,29 @@ S2M on the scribbled frame. Only after the 3rd, 6th and 8th interaction is the m
 and propagated (with fusion); after the others only that frame is updated and the robot is sent
 back to the same frame (candidate list ``[frame]``), so three frames get annotated per sample.
 
+Two variants of the per-interaction arithmetic (``DavisEvalConfig.protocol``):
+
+``mivos`` (default): exactly what the original driver computes (REFERENCE.md e.2), quirks
+included. Everything happens at the padded size (multiples of 16): the scribbles are rasterised
+at the padded size (so they are stretched over the padding instead of shifted by it), dilated
+there, and fed to S2M uncropped; the "existing mask" is the padded hard mask, whose padding
+carries object labels after a propagation; S2M's padded output, padding included, is what the
+core shows or commits (so the memory of the interacted frame sees it). When the robot returns
+an empty scribble, the interaction falls on the last frame of the video with empty maps (S2M
+still runs) and the robot is sent there.
+
+``corrected``: our corrections of those quirks. (1) Scribbles are rasterised at the image size,
+so they land where the robot drew them. (2) S2M's inputs are zero in the padding: no strokes and
+no labels there. (3) S2M's output is cropped to the image and the committed mask carries no
+probability in the padding (every channel, background included, is zero there). (4) An empty
+robot scribble keeps the last scribbled frame and its mask; S2M does not run.
+
+Timing: the session times each interaction from ``get_scribbles`` to ``submit_masks``. As in the
+original, every sequence is loaded before the session starts, so no disk I/O is timed; the
+bookkeeping of a finished sample (its report rows, its PNGs) is done between samples, outside
+the timed interval. The timed interval holds the construction of the sample's inference core
+(as the original's), S2M, and propagation with fusion.
+
 Resuming: the report rows of every finished sample are saved to ``<output>/samples/``. On a
 restart the finished samples are removed from the official session's sample list, and at the
 end the summary is computed by the official service from the merged report of all runs.
@@ -25,10 +48,10 @@ import numpy as np
 import torch
 
 from inference.inference_core import InferenceConfig, InferenceCore
-from inference.interact.interactions import ScribbleInteraction
+from inference.interact.interactions import ScribbleInteraction, scribble_maps
 from inference.interact.s2m_controller import S2MController
+from util.davis_compat import ensure_compat
 from util.fileio import atomic_save_json, atomic_write_text
-from util.tensor_util import compute_pad
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +70,7 @@ class DavisEvalConfig:
     seconds_per_interaction: float = 30.0  # the session's max_time is this x max_interactions
     propagate_after: tuple[int, ...] = (3, 6, 8)  # 1-based interaction numbers that propagate
     oracle: bool = False  # ground truth replaces S2M's output ("perfect interaction")
-    padded_scribbles: bool = False  # rasterise scribbles at the padded size (original quirk)
+    protocol: str = "mivos"  # mivos (the original's arithmetic) | corrected (see the module doc)
     save_masks: bool = False
     resume: bool = True
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -87,11 +110,16 @@ def load_sequence(root: Path, seq: str) -> tuple[np.ndarray, np.ndarray]:
     return frames, gt
 
 
+PROTOCOLS = ("mivos", "corrected")
+
+
 class DavisSampleProcessor:
     """Our pipeline on one sample: S2M on the scribbled frame, propagation on schedule."""
 
     def __init__(self, frames: np.ndarray, gt: np.ndarray, num_objects: int, prop_net, fusion_net,
                  s2m_net, config: DavisEvalConfig, device: torch.device):
+        if config.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {config.protocol!r}")
         self.config = config
         self.frames = frames
         self.gt = gt
@@ -102,54 +130,60 @@ class DavisSampleProcessor:
         self.count = 0
         self.last_frame: int | None = None
         self.h, self.w = frames.shape[1:3]
+        self.padded = config.protocol == "mivos"
 
     def rasterise(self, scribbles: dict) -> tuple[int, np.ndarray]:
-        """(frame index, H x W label map with -1 = no scribble) of the latest scribble.
+        """(frame index, label map with -1 = no scribble) of the latest scribble.
 
-        The robot returns an empty scribble when it finds no error to correct; that interaction
-        then acts on the last scribbled frame with an empty map (the mask stays as it is).
+        ``mivos``: the map is at the padded size (``scribbles2mask`` given the padded size) and
+        an empty scribble falls on the last frame of the video. ``corrected``: the map is at the
+        image size and an empty scribble falls on the last scribbled frame.
         """
-        from util.davis_compat import ensure_compat
-
         ensure_compat()
         from davisinteractive.utils.scribbles import annotated_frames, scribbles2mask
 
+        size = (self.core.ph, self.core.pw) if self.padded else (self.h, self.w)
         frames = annotated_frames(scribbles)
         if not frames:
-            if self.last_frame is None:
+            if self.padded:
+                t = len(scribbles["scribbles"]) - 1
+            elif self.last_frame is None:
                 raise ValueError("the first scribble of a sample is empty")
-            return self.last_frame, np.full((self.h, self.w), -1, dtype=np.int64)
+            else:
+                t = self.last_frame
+            return t, np.full(size, -1, dtype=np.int64)
         if len(frames) != 1:
             raise ValueError(f"expected the latest scribble on one frame, got frames {frames}")
         t = frames[0]
         self.last_frame = t
-        if self.config.padded_scribbles:
-            left, right, top, bottom = compute_pad(self.h, self.w)
-            full = scribbles2mask(scribbles, (self.h + top + bottom, self.w + left + right))[t]
-            labels = full[top:top + self.h, left:left + self.w]
-        else:
-            labels = scribbles2mask(scribbles, (self.h, self.w))[t]
-        return t, labels.astype(np.int64)
+        # rasterise only that frame (the whole video's maps would be T times the work)
+        one = {**scribbles, "scribbles": [scribbles["scribbles"][t]]}
+        return t, scribbles2mask(one, size)[0].astype(np.int64)
+
+    def _s2m(self, t: int, labels: np.ndarray) -> tuple[torch.Tensor, bool]:
+        """New probabilities of frame t from its scribble map: (probabilities, padded?)."""
+        if self.config.oracle or self.controller is None:
+            return torch.from_numpy(self.gt[t].astype(np.int64)), False
+        if self.padded:
+            pos, neg = scribble_maps(torch.from_numpy(labels), self.k)
+            existing = torch.from_numpy(self.core.get_padded_mask(t).astype(np.int64))
+            return self.controller.forward_padded(self.core.image(t), existing, pos, neg), True
+        image = torch.from_numpy(self.frames[t]).permute(2, 0, 1).float() / 255
+        current = torch.nn.functional.one_hot(torch.from_numpy(self.core.get_mask(t).astype(np.int64)),
+                                              self.k + 1).permute(2, 0, 1).float()
+        if (labels == -1).all():
+            log.info("empty scribble on frame %d; keeping the current mask", t)
+            return current, False
+        return ScribbleInteraction(torch.from_numpy(labels), self.controller).apply(image, current), False
 
     def step(self, scribbles: dict) -> tuple[np.ndarray, list[int] | None]:
         """One interaction -> (T x H x W masks to submit, next frame candidates)."""
         t, labels = self.rasterise(scribbles)
         self.count += 1
-        if self.config.oracle or self.controller is None:
-            new = self.gt[t].astype(np.int64)
-        else:
-            image = torch.from_numpy(self.frames[t]).permute(2, 0, 1).float() / 255
-            current = torch.nn.functional.one_hot(torch.from_numpy(self.core.get_mask(t).astype(np.int64)),
-                                                  self.k + 1).permute(2, 0, 1).float()
-            if (labels == -1).all():
-                log.info("empty scribble on frame %d; keeping the current mask", t)
-                new = current
-            else:
-                new = ScribbleInteraction(torch.from_numpy(labels), self.controller).apply(image, current)
+        new, padded = self._s2m(t, labels)
         if self.count in self.config.propagate_after:
-            masks = self.core.interact(new, t)
-            return masks, None
-        self.core.update_mask_only(new, t)
+            return self.core.interact(new, t, padded=padded), None
+        self.core.update_mask_only(new, t, padded=padded)
         return self.core.masks, [t]
 
 
@@ -171,8 +205,6 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
     """Run the official session; returns the official global summary (also written to
     ``<output>/summary.json``)."""
     import pandas as pd
-
-    from util.davis_compat import ensure_compat
 
     ensure_compat()
     from davisinteractive.session import DavisInteractiveSession
@@ -197,6 +229,8 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
         if done:
             log.info("resuming: %d of %d samples already finished", len(all_samples) - len(sess.samples),
                      len(all_samples))
+        # every sequence is loaded before the session's clock runs, as the original does
+        sequences = {seq: load_sequence(root, seq) for seq in dict.fromkeys(s[0] for s in sess.samples)}
         processor = None
         current = None
         finished_now = 0
@@ -212,18 +246,26 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
                     write_palette_png(out / "masks" / seq / str(idx) / f"{t:05d}.png", m)
 
         while sess.next():
-            seq, scribbles, new_sample = sess.get_scribbles(only_last=True)
-            if new_sample:
+            # A new sample starts when the session has no scribble for it yet. The previous
+            # sample's bookkeeping happens here, before get_scribbles starts the timer.
+            starting = sess.interaction_nb == 0 and sess.sample_scribbles is None
+            if starting:
                 if current is not None:
                     finish(current)
                     finished_now += 1
                 current = tuple(sess.samples[sess.sample_idx])
-                frames, gt = load_sequence(root, seq)
+                if progress is not None:
+                    progress(current[0], finished_now, len(sess.samples))
+            seq, scribbles, new_sample = sess.get_scribbles(only_last=True)
+            if new_sample != starting:
+                raise RuntimeError("davisinteractive's session changed sample unexpectedly; "
+                                   "this driver supports davisinteractive 1.0.4")
+            if new_sample:
+                # timed, as in the original: building the sample's processor
+                frames, gt = sequences[seq]
                 num_objects = int(gt[0].max()) if gt[0].max() > 0 else int(gt.max())
                 processor = DavisSampleProcessor(frames, gt, num_objects, prop_net, fusion_net,
                                                  None if config.oracle else s2m_net, config, device)
-                if progress is not None:
-                    progress(seq, finished_now, len(sess.samples))
             masks, candidates = processor.step(scribbles)
             sess.submit_masks(masks.astype(np.int64), next_scribble_frame_candidates=candidates)
         if current is not None:

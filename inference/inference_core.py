@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
+from model.propagation import others_masks
 from util.tensor_util import normalize_image, pad_divide_by, unpad
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,11 @@ class InferenceCore:
         self.prob = torch.zeros(self.k + 1, self.num_frames, self.ph, self.pw, dtype=dtype,
                                 device=self.storage_device)
         self._set_prob_initial_background()
-        self.masks = np.zeros((self.num_frames, self.height, self.width), dtype=np.uint8)
+        # hard label maps at the padded size (the padding carries labels too, as in the original
+        # core: the DAVIS driver's S2M reads them there); ``masks`` is the unpadded view
+        self.padded_masks = np.zeros((self.num_frames, self.ph, self.pw), dtype=np.uint8)
+        left, right, top, bottom = self.pad
+        self.masks = self.padded_masks[:, top:top + self.height, left:left + self.width]
 
         self.interacted: list[int] = []  # in interaction order
         self.permanent = MemoryBank()
@@ -180,8 +185,9 @@ class InferenceCore:
         return p.float()
 
     def _store_mask(self, t: int, prob: torch.Tensor) -> None:
-        label = torch.argmax(prob, dim=0)
-        self.masks[t] = unpad(label, self.pad).to("cpu", torch.uint8).numpy()
+        """Hard labels of frame t from padded (K+1) x Hp x Wp probabilities (argmax first, then
+        the unpadded view crops it)."""
+        self.padded_masks[t] = torch.argmax(prob, dim=0).to("cpu", torch.uint8).numpy()
 
     def image(self, t: int) -> torch.Tensor:
         """Padded, normalised frame t: 1 x 3 x Hp x Wp on the compute device (bounded cache)."""
@@ -239,16 +245,12 @@ class InferenceCore:
         return feats
 
     # ------------------------------------------------------------------ network calls
-    def _others(self, prob: torch.Tensor) -> torch.Tensor:
-        """For each object, the sum of the other objects' probabilities: K x 1 x Hp x Wp."""
-        obj = prob[1:]
-        return (obj.sum(0, keepdim=True) - obj).unsqueeze(1)
-
     def _encode_memory(self, t: int, prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory key/value of frame t with its (K+1)-channel probabilities prob."""
         image = self.image(t).expand(self.k, -1, -1, -1)
         with self._autocast():
-            key, value = self.prop_net.encode_memory(image, prob[1:].unsqueeze(1), self._others(prob))
+            masks = prob[1:].unsqueeze(1)
+            key, value = self.prop_net.encode_memory(image, masks, others_masks(masks))
         return key.float(), value.float()
 
     def _segment(self, t: int, bank: MemoryBank) -> torch.Tensor:
@@ -314,10 +316,21 @@ class InferenceCore:
                 progress(done, total)
         return done
 
-    def _to_prob(self, mask: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+    def _to_prob(self, mask: torch.Tensor | np.ndarray, what: str, padded: bool = False) -> torch.Tensor:
         """Accept an H x W label map (0..K) or (K+1) x H x W probabilities; return padded
-        (K+1) x Hp x Wp float probabilities on the compute device."""
+        (K+1) x Hp x Wp float probabilities on the compute device.
+
+        padded: the input is already (K+1) x Hp x Wp probabilities at the padded size (its
+        padding is kept as given, as the original DAVIS driver does with S2M's output).
+        """
         m = torch.as_tensor(mask)
+        if padded:
+            if m.dim() != 3 or m.shape != (self.k + 1, self.ph, self.pw):
+                raise ValueError(
+                    f"{what}: padded probabilities must be {(self.k + 1, self.ph, self.pw)} "
+                    f"(K+1 channels at the padded size), got {tuple(m.shape)}"
+                )
+            return m.to(self.device).float()
         if m.dim() == 2:
             if m.shape != (self.height, self.width):
                 raise ValueError(f"{what}: label map is {tuple(m.shape)}, expected {(self.height, self.width)}")
@@ -347,14 +360,15 @@ class InferenceCore:
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()
     def interact(self, mask: torch.Tensor | np.ndarray, idx: int,
-                 progress: ProgressFn | None = None) -> np.ndarray:
+                 progress: ProgressFn | None = None, padded: bool = False) -> np.ndarray:
         """Commit a new mask on frame idx and propagate it through the video.
 
         mask: H x W label map (0 = background, 1..K) or (K+1) x H x W probabilities at the
-        original resolution. Returns the T x H x W uint8 label maps of the whole video.
+        original resolution; with ``padded=True``, (K+1) x Hp x Wp probabilities at the padded
+        size. Returns the T x H x W uint8 label maps of the whole video.
         """
         self._check_index(idx)
-        new = self._to_prob(mask, f"mask for frame {idx}")
+        new = self._to_prob(mask, f"mask for frame {idx}", padded)
         delta = (new - self._load_prob(idx))[1:]  # K x Hp x Wp
         diff = torch.stack([delta.clamp(0, 1), (-delta).clamp(0, 1)], dim=1)  # K x 2 x Hp x Wp
 
@@ -380,15 +394,16 @@ class InferenceCore:
         return abs(self._pass_stop(r, step) - r) - 1
 
     @torch.inference_mode()
-    def update_mask_only(self, mask: torch.Tensor | np.ndarray, idx: int) -> np.ndarray:
+    def update_mask_only(self, mask: torch.Tensor | np.ndarray, idx: int,
+                         padded: bool = False) -> np.ndarray:
         """Show a new mask on frame idx without propagating (instant feedback).
 
         The stored probabilities are left as they are, so the difference of the next committed
-        interaction is still measured against the last propagated result. Returns the H x W
-        label map of frame idx.
+        interaction is still measured against the last propagated result. ``padded`` as in
+        :meth:`interact`. Returns the H x W label map of frame idx.
         """
         self._check_index(idx)
-        new = self._to_prob(mask, f"mask for frame {idx}")
+        new = self._to_prob(mask, f"mask for frame {idx}", padded)
         self._store_mask(idx, new)
         return self.masks[idx]
 
@@ -401,6 +416,11 @@ class InferenceCore:
         """H x W uint8 label map of frame idx."""
         self._check_index(idx)
         return self.masks[idx]
+
+    def get_padded_mask(self, idx: int) -> np.ndarray:
+        """Hp x Wp uint8 label map of frame idx at the padded size (labels in the padding too)."""
+        self._check_index(idx)
+        return self.padded_masks[idx]
 
     @torch.inference_mode()
     def add_objects(self, n: int = 1) -> int:
@@ -420,7 +440,7 @@ class InferenceCore:
                 prob = self._load_prob(t)
                 image = self.image(t).expand(n, -1, -1, -1)
                 masks = prob[old_k + 1:].unsqueeze(1)
-                others = (prob[1:].sum(0, keepdim=True) - prob[old_k + 1:]).unsqueeze(1)
+                others = others_masks(prob[1:].unsqueeze(1))[old_k:]
                 with self._autocast():
                     key, value = self.prop_net.encode_memory(image, masks, others)
                 keys.append(key.float())

@@ -70,6 +70,7 @@ import torch.nn.functional as F
 
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
+from model.propagation import others_masks
 from util.tensor_util import normalize_image, pad_divide_by, unpad
 
 logger = logging.getLogger(__name__)
@@ -256,7 +257,8 @@ class SemiVOSPropagator:
             return
         rows = torch.as_tensor(enabled, device=self.device)
         masks = prob[rows].unsqueeze(1)  # E x 1 x Hp x Wp
-        others = prob[1:].sum(0, keepdim=True).unsqueeze(0) - masks  # E x 1 x Hp x Wp
+        # sum over all other objects (disabled ones hold exact zeros, which add nothing)
+        others = others_masks(prob[1:].unsqueeze(1))[rows - 1]  # E x 1 x Hp x Wp
         with self._autocast():
             key, value = self.prop_net.encode_memory(
                 image.expand(len(enabled), -1, -1, -1), masks, others

@@ -87,14 +87,23 @@ DEFAULT_MAX_ELEMENTS = 2**27
 # --------------------------------------------------------------------------------------------
 
 
+def scale_query(query_key: torch.Tensor) -> torch.Tensor:
+    """Query keys ``B x CK x ...`` divided by ``sqrt(CK)``.
+
+    A division, not a multiplication by ``1/sqrt(CK)``: the two round differently, and with
+    large logits one ulp moves affinities enough to change a top-k set. Every affinity of the
+    code base (inference, training, fusion attention) goes through this function.
+    """
+    return query_key / math.sqrt(query_key.shape[1])
+
+
 def affinity(mem_key: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
     """Scaled dot product ``k_M^T k_Q / sqrt(CK)``: ``B x N x M``.
 
-    The scale is applied to the query keys before the product (as in :func:`read_memory`, so
-    that both compute the same rounded affinities).
+    The query keys are divided by ``sqrt(CK)`` before the product, as the original code does
+    (and as :func:`read_memory` does, so that both compute the same rounded affinities).
     """
-    ck = mem_key.shape[1]
-    return torch.einsum("bcn,bcm->bnm", mem_key, query_key * (1.0 / math.sqrt(ck)))
+    return torch.einsum("bcn,bcm->bnm", mem_key, scale_query(query_key))
 
 
 def softmax_topk(aff: torch.Tensor, top_k: int | None) -> torch.Tensor:
@@ -178,14 +187,13 @@ def read_memory(
     m_query = query_key.shape[2]
     k = _resolve_top_k(top_k, n_mem)
     chunk = query_chunk_size(batch, n_mem, max_elements)
-    scale = 1.0 / math.sqrt(ck)
 
     grid_w = 0
     centres = None
     if km_sigma is not None:
         _check_sigma(km_sigma)
         grid_w = _check_query_hw(query_hw, m_query)[1]
-        centres = _km_centres(mem_key, query_key, scale, chunk)
+        centres = _km_centres(mem_key, query_key, chunk)
 
     if m_query == 0:
         return mem_value.new_zeros(batch, cv, 0)
@@ -198,7 +206,7 @@ def read_memory(
     pieces = []
     for start in range(0, m_query, chunk):
         stop = min(m_query, start + chunk)
-        q = query_key[:, :, start:stop] * scale
+        q = scale_query(query_key[:, :, start:stop])
         aff = torch.bmm(q.transpose(1, 2), mem_key)  # B x m x N (query-major)
         if centres is not None:
             pos = torch.arange(start, stop, device=aff.device)
@@ -217,9 +225,11 @@ def read_memory(
         else:
             vals, idx = torch.topk(aff, k=k, dim=2)  # sorted, descending
             del aff
-            # softmax restricted to the top-k set: torch.softmax subtracts each column's own
-            # maximum (vals[..., 0]) before exponentiating
-            weights = torch.softmax(vals, dim=2)
+            # softmax restricted to the top-k set, with the original's arithmetic: subtract each
+            # column's own maximum (vals[..., 0]), exponentiate, divide by the sum (torch.softmax
+            # rounds differently)
+            weights = torch.exp(vals - vals[..., :1])
+            weights = weights / weights.sum(dim=2, keepdim=True)
 
         if k is None:
             pieces.append(torch.bmm(mem_value, weights.transpose(1, 2)))  # B x CV x m
@@ -250,13 +260,13 @@ def _gather_readout(
 
 
 def _km_centres(
-    mem_key: torch.Tensor, query_key: torch.Tensor, scale: float, chunk: int
+    mem_key: torch.Tensor, query_key: torch.Tensor, chunk: int
 ) -> torch.Tensor:
     """First pass of kernelized memory: ``argmax_m F[b, n, m]`` over all M, as ``B x N`` long."""
     best_val = best_idx = None
     with torch.no_grad():
         for start in range(0, query_key.shape[2], chunk):
-            q = query_key[:, :, start : start + chunk].detach() * scale
+            q = scale_query(query_key[:, :, start : start + chunk].detach())
             aff = torch.bmm(q.transpose(1, 2), mem_key.detach())  # B x m x N
             val, arg = aff.max(dim=1)  # first occurrence within the chunk
             arg = arg + start

@@ -35,6 +35,21 @@ from model.memory import read_memory
 logger = logging.getLogger(__name__)
 
 
+def others_masks(masks: torch.Tensor) -> torch.Tensor:
+    """The "others" input of the memory encoder: for each object, the sum of the other objects.
+
+    masks: K x ... per-object (soft) masks. Returns a tensor of the same shape whose row i is
+    the sum of the rows j != i in increasing order of j (all zeros when K = 1). The sum is formed
+    directly, as the original code does, and never as ``total - self``: that would differ by
+    rounding (about 1e-7), enough to move memory keys by up to 1e-3.
+    """
+    k = masks.shape[0]
+    if k == 1:
+        return torch.zeros_like(masks)
+    rows = [torch.sum(masks[[j for j in range(k) if j != i]], dim=0, keepdim=True) for i in range(k)]
+    return torch.cat(rows, dim=0)
+
+
 @dataclass(frozen=True)
 class PropagationConfig:
     """Widths of the propagation network. Defaults are the paper's (53,685,953 parameters)."""

@@ -49,7 +49,7 @@ QUICK = {"h": 12, "w": 20, "ck": 64, "cv": 128, "t_values": [5]}
 def dense_topk_weights(mem_key, query_key, top_k):
     """Original-style dense weights ``B x N x M`` (top-k scattered into a zeroed buffer)."""
     ck = mem_key.shape[1]
-    aff = torch.einsum("bcn,bcm->bnm", mem_key, query_key * (1.0 / math.sqrt(ck)))
+    aff = torch.einsum("bcn,bcm->bnm", mem_key, query_key / math.sqrt(ck))
     values, indices = torch.topk(aff, k=top_k, dim=1)
     weights = torch.exp(values - values[:, :1])  # each column's own maximum
     weights /= weights.sum(dim=1, keepdim=True)
@@ -77,7 +77,7 @@ def sparse_readout(mem_value, indices_qm, weights_qm, n_mem):
 
 def dense_full_softmax(mem_key, mem_value, query_key):
     ck = mem_key.shape[1]
-    aff = torch.einsum("bcn,bcm->bnm", mem_key, query_key * (1.0 / math.sqrt(ck)))
+    aff = torch.einsum("bcn,bcm->bnm", mem_key, query_key / math.sqrt(ck))
     return torch.bmm(mem_value, torch.softmax(aff, dim=1))
 
 

@@ -40,19 +40,44 @@ class S2MController:
         pos, neg: K x H x W scribble maps in {0, 1} (already rasterised / dilated).
         Returns (K+1) x H x W probabilities (channel 0 = background) on the CPU.
         """
-        k = pos.shape[0]
         if image.shape[-2:] != labels.shape[-2:] or pos.shape[-2:] != labels.shape[-2:]:
             raise ValueError(
                 f"image {tuple(image.shape[-2:])}, mask {tuple(labels.shape[-2:])} and scribbles "
                 f"{tuple(pos.shape[-2:])} must have the same size"
             )
         dev = self.device
-        img = normalize_image(image.to(dev).float()).unsqueeze(0).expand(k, -1, -1, -1)
+        img = normalize_image(image.to(dev).float()).unsqueeze(0)
+        img, pad = pad_divide_by(img, 16)
+        maps = torch.cat([labels.to(dev).unsqueeze(0).float(), pos.to(dev).float(),
+                          neg.to(dev).float()], dim=0)
+        maps, _ = pad_divide_by(maps, 16)  # zeros in the padding: no label, no stroke
+        k = pos.shape[0]
+        out = self.forward_padded(img, maps[0].long(), maps[1:k + 1], maps[k + 1:])
+        return unpad(out, pad).cpu()
+
+    @torch.inference_mode()
+    def forward_padded(self, image: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor,
+                       neg: torch.Tensor) -> torch.Tensor:
+        """S2M on inputs that are already at a size divisible by 16.
+
+        image: 1 x 3 x Hp x Wp normalised (e.g. ``InferenceCore.image(t)``); labels: Hp x Wp
+        hard mask (0..K); pos, neg: K x Hp x Wp in {0, 1}. Returns (K+1) x Hp x Wp probabilities
+        on the compute device, padding included (the original DAVIS driver works this way).
+        """
+        k = pos.shape[0]
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[-2:] != labels.shape[-2:] \
+                or pos.shape[-2:] != labels.shape[-2:] or neg.shape != pos.shape:
+            raise ValueError(
+                f"image {tuple(image.shape)}, mask {tuple(labels.shape)}, scribbles "
+                f"{tuple(pos.shape)} / {tuple(neg.shape)} must share one padded size"
+            )
+        if image.shape[-2] % 16 or image.shape[-1] % 16:
+            raise ValueError(f"padded inputs must be multiples of 16, got {tuple(image.shape[-2:])}")
+        dev = self.device
         ids = torch.arange(1, k + 1, device=dev).view(k, 1, 1)
         existing = (labels.to(dev).long().unsqueeze(0) == ids).float()
-        x = torch.cat([img, existing.unsqueeze(1), pos.to(dev).float().unsqueeze(1),
-                       neg.to(dev).float().unsqueeze(1)], dim=1)
-        x, pad = pad_divide_by(x, 16)
-        prob = torch.sigmoid(self.net(x))[:, 0]  # K x Hp x Wp
-        out = aggregate(prob, dim=0, hard=self.hard)
-        return unpad(out, pad).cpu()
+        x = torch.cat([image.to(dev).float().expand(k, -1, -1, -1), existing.unsqueeze(1),
+                       pos.to(dev).float().unsqueeze(1), neg.to(dev).float().unsqueeze(1)], dim=1)
+        # one object per forward, as the original runs S2M (same arithmetic as batch 1)
+        prob = torch.cat([torch.sigmoid(self.net(x[i:i + 1]))[:, 0] for i in range(k)])  # K x Hp x Wp
+        return aggregate(prob, dim=0, hard=self.hard)
