@@ -57,6 +57,19 @@ def test_ensure_compat_is_idempotent_and_leaves_numpy_alone():
     assert not hasattr(wrapped.__wrapped__, "__wrapped__")
 
 
+def test_mask_api_encodes_and_decodes():
+    """The compiled COCO-RLE mask API round-trips label maps (decoding needs patch 7)."""
+    from davisinteractive.third_party import mask_api
+
+    gt = _two_objects()
+    enc = mask_api.encode_batch_masks(gt)
+    assert len(enc["frames"]) == len(gt) and enc["size"] == list(gt.shape)
+    for _ in range(3):  # repeated decodes: the decoded buffers are freed correctly
+        dec = mask_api.decode_batch_masks(enc)
+        assert dec.shape == gt.shape and np.array_equal(dec, gt)
+    assert np.array_equal(mask_api.decode_mask(mask_api.encode_mask(gt[0])), gt[0])
+
+
 def test_official_metrics():
     gt = _two_objects()
     pred = gt.copy()

@@ -65,12 +65,21 @@ networkx 3.6 / scikit-image 0.26):
    ``RandomState(0).permutation``, restoring the old, reproducible scribbles (on the
    scikit-image versions whose parameter was called ``random_state`` the seed 0 is passed).
 
+7. **NumPy 2 and the compiled mask API.**  The bundled ``mask_api`` extension (the COCO RLE
+   code the remote connector uses to send masks) encodes unchanged, but decoding looks up
+   ``np.NPY_OWNDATA`` on the Python NumPy module at run time, and NumPy 2 no longer exports
+   that name (``AttributeError``).  The extension module's global ``np`` is replaced by a view
+   of NumPy that adds ``NPY_OWNDATA`` = ``NPY_ARRAY_OWNDATA`` (4), the value the name always
+   had, so ``decode_mask`` / ``decode_batch_masks`` work again and hand the decoded buffer to
+   NumPy as before.  The local session (the one used here) never decodes; the tests
+   round-trip masks through both directions anyway.
+
 Checked and found working unchanged on pandas 3.1 (so deliberately not patched): the
 multi-index ``df.loc[it, seq, idx, :]`` reads/writes of ``EvaluationService._reconstruct_report``
 (the timeout back-fill), the ``pd.concat`` growth of the report, ``Davis.check_files``, the
 scribble utilities (``scribbles2mask``, ``fuse_scribbles``), the robot's other
 scikit-image calls (``rank.minimum``/``maximum`` with float-radius disks) and its
-scikit-learn ``radius_neighbors_graph``, the bundled ``mask_api`` extension, the JSON summary
+scikit-learn ``radius_neighbors_graph``, the mask API's encoding, the JSON summary
 file (NumPy floats are ``float`` subclasses) and the CSV report writing.
 
 """
@@ -146,6 +155,9 @@ _DEPENDENCIES = (
 #: The removed NumPy scalar aliases davisinteractive uses, with what they always meant.
 #: (``np.bool`` is not here: NumPy 2 defines it again, as ``np.bool_``.)
 _REMOVED_NUMPY_ALIASES: dict[str, Any] = {"int": int, "float": float}
+
+#: NumPy's C flag ``NPY_ARRAY_OWNDATA`` (exported to Python as ``NPY_OWNDATA`` before NumPy 2).
+_NPY_ARRAY_OWNDATA = 0x0004
 
 #: Marker set on every davisinteractive object patched here (idempotence across reloads).
 _MARK = "_mivos_compat_patched"
@@ -299,6 +311,10 @@ def _apply_patches() -> None:
         current = getattr(mod, "np", None)
         if current is not None and not getattr(current, _MARK, False):
             mod.np = np_view
+
+    rle = sys.modules["davisinteractive.third_party.mask_api._mask"]
+    if not getattr(rle.np, _MARK, False):
+        rle.np = _ModuleView(numpy, {"NPY_OWNDATA": _NPY_ARRAY_OWNDATA})
 
     robot_mod = sys.modules["davisinteractive.robot.interactive_robot"]
     if not getattr(robot_mod.nx, _MARK, False):
