@@ -6,6 +6,14 @@ propagation and fusion networks and MiVOS's protocol (propagate only after the 3
 interaction). Writes the official summary (AUC and J&F@60s) to OUT/summary.json, the merged
 report to OUT/report.csv, a J&F-vs-time plot, and prints a table.
 
+Resuming: OUT/fingerprint.json records the resolved settings and the SHA-256 of every weight
+file. A rerun with the same fingerprint skips the finished samples (OUT/samples/); when all are
+finished it rebuilds the summary without starting the session. A rerun with another
+fingerprint stops with exit status 2 and names what differs; --restart discards the earlier
+results. Bad input (data that does not match davisinteractive's metadata, unreadable files,
+malformed scribbles, checkpoints of another kind or preset, an output path that is a file)
+stops with exit status 2 and one line "error: <file>: <problem>".
+
 Examples::
 
     python eval_davis_interactive.py --davis ../DAVIS/2017/trainval --output out/davis
@@ -67,11 +75,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast for inference")
     p.add_argument("--save-masks", action="store_true", help="write palette PNGs of every sample")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start over instead of skipping samples finished by an earlier run")
+    p.add_argument("--restart", "--no-resume", dest="restart", action="store_true",
+                   help="discard the results of an earlier run in --output and start over (needed "
+                        "when it used other settings or weights; --no-resume is the old name)")
     p.add_argument("--subset", default="val", help="DAVIS subset evaluated by the session")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def checkpoint_paths(args) -> dict[str, str | None]:
+    """The weight file of every network this run uses (None with --random-weights); a missing
+    file is bad input naming the option."""
+    from util.errors import MissingInputError
+
+    used = {"s2m": args.s2m_model, "propagation": args.prop_model, "fusion": args.fusion_model}
+    if args.oracle:
+        used.pop("s2m")
+    if args.fusion != "diff":
+        used.pop("fusion")
+    if args.random_weights:
+        return {k: None for k in used}
+    for kind, path in used.items():
+        if not Path(path).is_file():
+            flag = f"--{'prop' if kind == 'propagation' else kind}-model"
+            raise MissingInputError(
+                f"{kind} checkpoint {path} not found: pass {flag} PATH (the official MiVOS weights "
+                "are s2m.pth, propagation_model.pth and fusion.pth), or --random-weights for a "
+                "smoke test", path)
+    return used
+
+
+def run_fingerprint(args, config) -> dict:
+    """Every setting that changes the results, resolved, and the hash of each weight file.
+
+    Not included: --output, --device, --save-masks, --restart, -v (they do not change scores).
+    """
+    from dataclasses import asdict
+
+    from util.fingerprint import make_fingerprint, weights_entry
+
+    cfg = {k: v for k, v in asdict(config).items() if k not in ("output", "save_masks", "resume")}
+    cfg["davis_root"] = str(Path(args.davis).resolve())
+    cfg["preset"] = args.preset
+    weights = {kind: weights_entry(path, random_seed=args.seed)
+               for kind, path in checkpoint_paths(args).items()}
+    return make_fingerprint(cfg, weights, kind="davis_interactive")
 
 
 def load_networks(args, device: torch.device):
@@ -114,11 +162,24 @@ def print_table(summary: dict, file=sys.stdout) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the evaluation: 0 on success, 2 for bad input (one line naming the file: data,
+    checkpoints, an output path that is a file, or earlier results made with other settings)."""
+    from util.errors import InputError, report
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _main(args)
+    except (InputError, FileNotFoundError) as exc:
+        logging.getLogger("eval_davis_interactive").debug("bad input", exc_info=True)
+        return report(exc)
+
+
+def _main(args) -> int:
     from inference.davis_interactive import DavisEvalConfig, plot_curve, run_davis_interactive
     from inference.inference_core import InferenceConfig
+    from util.errors import require_output_dir
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     inference = InferenceConfig(top_k=args.top_k, mem_every=args.mem_every, fusion=args.fusion,
@@ -127,13 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         davis_root=args.davis, output=args.output, subset=args.subset,
         max_interactions=args.max_interactions, seconds_per_interaction=args.seconds_per_interaction,
         oracle=args.oracle, protocol=args.protocol, save_masks=args.save_masks,
-        resume=not args.no_resume, inference=inference)
+        resume=not args.restart, inference=inference)
     from inference.davis_interactive import check_davis_root
 
+    require_output_dir(args.output)
     check_davis_root(args.davis, args.subset)
     from dataset.synthetic import register_if_synthetic
 
-    prop, fusion, s2m = load_networks(args, device)
+    fingerprint = run_fingerprint(args, config)
 
     from tqdm import tqdm
 
@@ -148,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     # a generated stand-in that is not the davis-val mirror is added to the official tables
     registration = register_if_synthetic(args.davis, args.subset)
     try:
-        summary = run_davis_interactive(config, prop, fusion, s2m, device=device, progress=progress)
+        summary = run_davis_interactive(config, None, None, None, device=device, progress=progress,
+                                        fingerprint=fingerprint,
+                                        networks=lambda: load_networks(args, device))
     finally:
         if registration is not None:
             registration.restore()

@@ -18,9 +18,27 @@ Outputs (under --output OUT; every file is written atomically):
   OUT/scores.csv      J-Mean, F-Mean, J&F-Mean per sequence and an 'overall' row (DAVIS with
                       full ground truth, or generic with --gt); first and last frames excluded
   OUT/run_info.json   options, FPS, per-sequence frames / seconds / FPS, scores
-  OUT/.done/<seq>.json  completion marker, written after the sequence's last PNG; a rerun skips
-                      sequences whose marker is present, made with the same options, and whose
-                      files all exist (--no-resume recomputes everything)
+  OUT/fingerprint.json  the run fingerprint (util.fingerprint): every option that changes the
+                      masks (dataset, root, split, --davis-res, --youtube-frames, --size,
+                      --preset, --top-k, --mem-every, --km-sigma, --amp, generic --masks/--gt)
+                      and the SHA-256 of the --prop-model file (or the --random-weights seed)
+  OUT/.done/<seq>.json  completion marker, written after the sequence's last PNG
+
+Resuming: a rerun with the same fingerprint skips the sequences whose marker is present and
+whose files all exist, and recomputes the others (a run killed half-way continues); when all
+are finished it only rebuilds scores.csv and run_info.json. A rerun with another fingerprint
+stops (exit status 2) with a message naming what differs; --restart deletes the earlier
+outputs and starts over. Options that do not change the masks are not part of the
+fingerprint: --output, --device, --threads, --writers, --sequences, --no-score, progress and
+logging.
+
+Object sets: void labels (255, and 254 in DAVIS) are never objects. DAVIS 2017 objects are the
+ids of the first frame, written back with their own ids (1 and 3 stay 1 and 3), and scored as
+davis2017-evaluation scores them (ids 1..max id of the first frame; see util.metrics).
+YouTubeVOS and generic mask folders: an object starts at the first annotated frame holding it.
+Bad input (unreadable, truncated or missing files, masks of another size, RGB DAVIS
+annotations, a first frame without objects, a checkpoint of another kind or preset, an output
+path that is a file) stops with exit status 2 and one line "error: <file>: <problem>".
 
 Speed: FPS = total frames / total compute time, timed per frame from the model input to the
 label map on the CPU (CUDA-synchronised; reading frames and writing PNGs excluded). YouTubeVOS
@@ -182,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only write the masks; do not compute J / F")
     g.add_argument("--score-only", action="store_true",
                    help="do not run the network: score the masks already in OUT (no model needed)")
-    g.add_argument("--no-resume", action="store_true",
-                   help="recompute every sequence, ignoring the completion markers of earlier runs")
+    g.add_argument("--restart", "--no-resume", dest="restart", action="store_true",
+                   help="delete the outputs of an earlier run in OUT and recompute every sequence "
+                        "(needed when the earlier run used other options or weights; --no-resume "
+                        "is the old name)")
     g.add_argument("--keep-going", action="store_true",
                    help="on an error in one sequence, log it and continue with the next (exit "
                         "status 1 at the end); default: stop at the first error")
@@ -357,16 +377,22 @@ def ground_truth_complete(dataset: Any, names: Sequence[str]) -> tuple[bool, str
 
 
 def score_outputs(gt_root: str | os.PathLike, out_root: str | os.PathLike, names: Sequence[str],
-                  binary: bool = False):
+                  binary: bool = False, davis: bool = False):
     """J / F of the predicted PNGs ``out_root/<seq>/<frame>.png`` against ``gt_root/<seq>/``.
 
     DAVIS protocol through :mod:`util.metrics` (first and last ground-truth frame skipped, dataset
-    means over all objects). ``binary`` (DAVIS 2016): ground truth and prediction are binarised
-    (any object = 1) and scored as one object. Returns a :class:`util.metrics.ScoreTable`.
+    means over all objects, void pixels ignored). ``binary`` (DAVIS 2016): ground truth and
+    prediction are binarised (any object = 1) and scored as one object. ``davis`` (DAVIS 2017):
+    objects and void as davis2017-evaluation defines them (ids 1..max id of the first frame;
+    254 and 255 void); otherwise every non-void id of the ground truth (255 void). Returns a
+    :class:`util.metrics.ScoreTable`.
     """
     from util.metrics import evaluate_folder
+    from util.palette import DAVIS_VOID_LABELS, VOID_LABEL
 
-    return evaluate_folder(gt_root, out_root, sequences=list(names), binary=binary)
+    return evaluate_folder(gt_root, out_root, sequences=list(names), binary=binary,
+                           object_rule="davis" if davis else "all",
+                           void=DAVIS_VOID_LABELS if davis else (VOID_LABEL,))
 
 
 def format_table(table: Any) -> str:
@@ -392,8 +418,14 @@ def marker_path(out_root: Path, name: str) -> Path:
     return out_root / DONE_DIR / f"{name}.json"
 
 
-def read_done_marker(out_root: Path, name: str, fingerprint: dict[str, Any]) -> dict | None:
-    """The marker of a finished sequence, or None when the sequence must be (re)computed."""
+def read_done_marker(out_root: Path, name: str, fingerprint: str) -> dict | None:
+    """The marker of a finished sequence, or None when the sequence must be (re)computed.
+
+    ``fingerprint`` is the run's digest (:func:`util.fingerprint.digest`); a marker written
+    with another one raises :class:`util.fingerprint.FingerprintMismatch`.
+    """
+    from util.fingerprint import FingerprintMismatch
+
     path = marker_path(out_root, name)
     if not path.is_file():
         return None
@@ -403,9 +435,10 @@ def read_done_marker(out_root: Path, name: str, fingerprint: dict[str, Any]) -> 
         log.warning("%s: unreadable completion marker %s; recomputing", name, path)
         return None
     if info.get("fingerprint") != fingerprint:
-        log.warning("%s: finished by an earlier run with other options (%s); recomputing",
-                    name, info.get("fingerprint"))
-        return None
+        raise FingerprintMismatch(
+            f"{path}: sequence {name} was finished by a run with other settings or weights "
+            f"(fingerprint {info.get('fingerprint')!r}, this run {fingerprint!r}); use another "
+            "--output, or --restart to discard the earlier outputs", path)
     missing = [p for p in info.get("outputs", []) if not (out_root / p).is_file()]
     if missing:
         log.warning("%s: %d output files of the earlier run are missing (e.g. %s); recomputing",
@@ -446,7 +479,7 @@ class _Writer:
 
 
 def process_sequence(propagator: Any, seq: Any, out_root: Path, writer: _Writer,
-                     fingerprint: dict[str, Any], progress: Any = None) -> dict[str, Any]:
+                     fingerprint: str, progress: Any = None) -> dict[str, Any]:
     """Segment one sequence, write its masks, then its completion marker. Returns its info."""
     from util.fileio import atomic_save_json
 
@@ -518,15 +551,72 @@ def pick_device(requested: str | None, local_rank: int | None):
 # ----------------------------------------------------------------------------------------------
 
 
-def _fingerprint(args: argparse.Namespace, size: int) -> dict[str, Any]:
-    """The options that determine the outputs (a resumed sequence must match them)."""
-    if args.random_weights:
-        weights = f"random(seed={args.seed})"
-    else:  # a replaced checkpoint file (other size or time) invalidates earlier outputs
-        st = Path(args.prop_model).stat()
-        weights = f"{Path(args.prop_model).resolve()} ({st.st_size} bytes, mtime {int(st.st_mtime)})"
-    return {"dataset": args.dataset, "split": args.split, "preset": args.preset, "weights": weights,
-            "top_k": args.top_k, "mem_every": args.mem_every, "size": size, "amp": args.amp}
+def _resolved(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def run_fingerprint(args: argparse.Namespace, size: int, dataset: Any = None) -> dict[str, Any]:
+    """The run fingerprint: every option that determines the masks, fully resolved, and the
+    hash of the weights (a resumed run must match it; see the module docstring)."""
+    from util.fingerprint import make_fingerprint, weights_entry
+
+    config: dict[str, Any] = {
+        "dataset": args.dataset, "root": _resolved(args.root), "split": args.split,
+        "size": size, "preset": args.preset, "top_k": args.top_k, "mem_every": args.mem_every,
+        "km_sigma": args.km_sigma, "amp": args.amp,
+    }
+    if args.dataset.startswith("davis"):
+        config["davis_res"] = args.davis_res
+    if args.dataset.startswith("youtube"):
+        # the frames actually used ("auto" resolved by the reader)
+        all_frames = getattr(dataset, "all_frames", None)
+        config["youtube_frames"] = (("all" if all_frames else "sampled") if all_frames is not None
+                                    else args.youtube_frames)
+    if args.dataset == "generic":
+        config.update(masks=_resolved(args.masks), name=args.name, gt=_resolved(args.gt))
+    weights = {"propagation": weights_entry(None if args.random_weights else args.prop_model,
+                                            random_seed=args.seed)}
+    return make_fingerprint(config, weights, kind="eval_semi_vos")
+
+
+def prepare_output(out_root: Path, fingerprint: dict[str, Any], restart: bool, write: bool) -> None:
+    """Compare the run fingerprint with the one stored in ``out_root`` (stop on a difference
+    unless ``restart``); with ``restart`` delete the earlier run's outputs; with ``write``
+    store this run's fingerprint."""
+    from util.fingerprint import FINGERPRINT_FILE, check_fingerprint, load_fingerprint, save_fingerprint
+
+    done_dir = out_root / DONE_DIR
+    markers = sorted(done_dir.glob("*.json")) if done_dir.is_dir() else []
+    stored = load_fingerprint(out_root)
+    if not restart:
+        if stored is None and markers:
+            from util.fingerprint import FingerprintMismatch
+
+            raise FingerprintMismatch(
+                f"{out_root} holds finished sequences without a run fingerprint (an older "
+                "version's run); use another --output, or --restart to discard them", out_root)
+        check_fingerprint(stored, fingerprint, out_root, "--restart")
+    elif write:
+        removed = 0
+        for marker in markers:
+            try:
+                outputs = json.loads(marker.read_text(encoding="utf-8")).get("outputs", [])
+            except (OSError, ValueError):
+                outputs = []
+            marker.unlink()
+            for rel in outputs:
+                f = out_root / rel
+                if f.is_file():
+                    f.unlink()
+                    removed += 1
+        for name in ("scores.csv", "run_info.json", FINGERPRINT_FILE):
+            if (out_root / name).is_file():
+                (out_root / name).unlink()
+        if markers:
+            log.info("--restart: removed %d finished sequences (%d files) of the earlier run",
+                     len(markers), removed)
+    if write:
+        save_fingerprint(out_root, fingerprint)
 
 
 def _build_propagator(args: argparse.Namespace, device):
@@ -550,13 +640,13 @@ def _build_propagator(args: argparse.Namespace, device):
 
 
 def _run_shard(args: argparse.Namespace, dataset: Any, names: list[str], out_root: Path,
-               fingerprint: dict[str, Any], device, rank: int) -> dict[str, Any]:
+               fingerprint: str, device, rank: int) -> dict[str, Any]:
     """Segment this rank's sequences. Returns {'sequences': {name: info}, 'failed': {name: msg}}."""
     from tqdm import tqdm
 
     todo, infos = [], {}
     for name in names:
-        info = None if args.no_resume else read_done_marker(out_root, name, fingerprint)
+        info = read_done_marker(out_root, name, fingerprint)
         if info is not None:
             info = {**info, "resumed": True}
             infos[name] = info
@@ -644,7 +734,8 @@ def _finalize(args: argparse.Namespace, dataset: Any, names: list[str], out_root
         else:
             try:
                 table = score_outputs(dataset.gt_root, out_root, names,
-                                      binary=args.dataset == "davis2016")
+                                      binary=args.dataset == "davis2016",
+                                      davis=args.dataset == "davis2017")
                 write_scores_csv(out_root / "scores.csv", table)
                 score_note = f"scored {len(names)} sequences: {out_root / 'scores.csv'}"
             except (FileNotFoundError, ValueError) as exc:
@@ -716,13 +807,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from dataset.eval_datasets import DatasetFormatError, DatasetNotFoundError
-    from model.checkpoint import CheckpointError
-    from util.palette import MaskReadError
-    from util.video_io import FrameSourceError
+    from dataset.eval_datasets import DatasetNotFoundError
+    from util.errors import InputError, error_line, require_output_dir
 
-    bad_input = (DatasetNotFoundError, DatasetFormatError, FrameSourceError, MaskReadError,
-                 CheckpointError, FileNotFoundError)
+    bad_input = (InputError, FileNotFoundError)
+    try:
+        require_output_dir(args.output)
+    except InputError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -757,15 +850,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n in names:
                 status["sequences"][n] = {"frames": 0, "seconds": 0.0, "resumed": True}
         else:
+            from util.fingerprint import digest
+
+            fingerprint = run_fingerprint(args, size, dataset)
             out_root.mkdir(parents=True, exist_ok=True)
+            # every rank checks (read only); rank 0 clears a --restart and writes the fingerprint
+            prepare_output(out_root, fingerprint, args.restart, write=rank == 0)
+            if initialised:
+                dist.barrier()
             log.info("%s: %d sequences, this rank %d; output %s; device %s; size %s",
                      args.dataset, len(names), len(mine), out_root, device, size)
-            res = _run_shard(args, dataset, mine, out_root, _fingerprint(args, size), device, rank)
+            res = _run_shard(args, dataset, mine, out_root, digest(fingerprint), device, rank)
             for info in res["sequences"].values():
                 info["rank"] = rank
             status["sequences"], status["failed"] = res["sequences"], res["failed"]
     except bad_input as exc:
-        status.update(code=EXIT_BAD_INPUT, error=str(exc))
+        log.debug("bad input", exc_info=True)
+        status.update(code=EXIT_BAD_INPUT, error=error_line(exc).removeprefix("error: "))
     except Exception as exc:  # noqa: BLE001 - every rank must reach the barrier
         log.exception("rank %d failed", rank)
         status.update(code=EXIT_FAILED, error=f"{type(exc).__name__}: {exc}")

@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from util.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -50,11 +52,11 @@ FLAT_LAYOUT_HINT = "expected <root>/<name>.jpg with its mask <root>/<name>.png n
 FSS_LAYOUT_HINT = "expected <root>/<class>/<NNN>.jpg with masks <root>/<class>/<NNN>.png (FSS-1000)"
 
 
-class DatasetError(Exception):
+class DatasetError(InputError):
     """Base class of dataset problems; ``path`` is the file or folder concerned."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
-        super().__init__(message)
+        super().__init__(message, path)
         self.path = None if path is None else Path(path)
 
 

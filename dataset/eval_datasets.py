@@ -6,15 +6,21 @@ run the propagation, write the masks in the benchmark's layout and score them:
 
 * frame names and a lazy :class:`util.video_io.FrameSource` (RGB uint8, optionally resized);
 * the annotated frames: ``annotations[t]`` is an H0 x W0 uint8 label map at the original size,
-  labels remapped to ``1..K`` (``label_to_original`` restores the dataset's ids);
+  labels remapped to ``1..K`` (``label_to_original`` restores the dataset's ids, so
+  non-contiguous ids such as 1 and 3 are written back as 1 and 3); void labels (255, and 254 in
+  DAVIS) are never objects and become background;
 * the objects given at every annotated frame, the original size, and the relative output path
   of every frame that must be written (``None`` for frames that are not written).
 
 Readers:
 
 * :class:`DAVIS2017Reader` - ``root/JPEGImages/480p/<seq>/*.jpg``, ``root/Annotations/480p/<seq>``,
-  ``root/ImageSets/2017/<split>.txt`` (``val`` or ``test-dev``); objects = the labels of the
-  first frame's annotation; output ``<seq>/<frame>.png`` for every frame (palette PNGs).
+  ``root/ImageSets/2017/<split>.txt`` (``val`` or ``test-dev``); annotations are read as the
+  official tools read them (stored ids of palette / grayscale PNGs; RGB refused); objects = the
+  non-void ids of the first frame's annotation (an object that first appears later is not
+  given, and is scored as davis2017-evaluation scores it, see :mod:`util.metrics`); frames
+  must be numbered consecutively (a gap is a missing file); output ``<seq>/<frame>.png`` for
+  every frame (palette PNGs).
 * :class:`DAVIS2016Reader` - same folders, split list ``ImageSets/2016/val.txt`` (as in the 2017
   trainval release) or the 2016 release's ``ImageSets/480p/val.txt``; masks binarised (one
   object, 0/255 -> 1); output ``<seq>/<frame>.png`` as 0/255 grayscale PNGs (no palette).
@@ -42,6 +48,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from util.errors import InputError
+from util.palette import DAVIS_VOID_LABELS, VOID_LABEL, object_ids
 from util.video_io import FrameSource, list_frame_files, natural_sort_key
 
 logger = logging.getLogger(__name__)
@@ -55,11 +63,14 @@ DAVIS2016_URL = "https://davischallenge.org/davis2016/code.html"
 YOUTUBEVOS_URL = "https://youtube-vos.org/dataset/"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(InputError, FileNotFoundError):
     """A dataset folder, split list or file is missing (the message names the expected path)."""
 
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        InputError.__init__(self, message, path)
 
-class DatasetFormatError(ValueError):
+
+class DatasetFormatError(InputError):
     """The data is present but inconsistent (the message names the offending files)."""
 
 
@@ -268,11 +279,16 @@ def _frame_desc(frames: FrameSource, t: int) -> str:
     return str(frames.files[t]) if frames.files else f"{frames.path} frame {t}"
 
 
-def _load_annotation(path: Path, frames: FrameSource, t: int) -> np.ndarray:
-    """Read a mask with ``read_mask`` and check its size against frame ``t``'s original size."""
-    from util.palette import read_mask
+def _load_annotation(path: Path, frames: FrameSource, t: int, strict: bool = False) -> np.ndarray:
+    """Read a mask and check its size against frame ``t``'s original size.
 
-    mask = read_mask(path)
+    ``strict``: a benchmark annotation, read as the official tools read it
+    (:func:`util.palette.read_annotation`: stored ids, RGB refused); otherwise
+    :func:`util.palette.read_mask` (0/255 grayscale -> 1, DAVIS-coloured RGB accepted).
+    """
+    from util.palette import read_annotation, read_mask
+
+    mask = read_annotation(path) if strict else read_mask(path)
     if mask.shape != tuple(frames.original_size):
         raise DatasetFormatError(
             f"size mismatch: annotation {path} is {mask.shape[1]}x{mask.shape[0]} but image "
@@ -282,14 +298,16 @@ def _load_annotation(path: Path, frames: FrameSource, t: int) -> np.ndarray:
 
 
 def remap_labels(
-    maps: dict[int, np.ndarray], order: Sequence[int] | None = None
+    maps: dict[int, np.ndarray], order: Sequence[int] | None = None,
+    void: Sequence[int] = (VOID_LABEL,),
 ) -> tuple[dict[int, np.ndarray], dict[int, int]]:
-    """Remap the non-zero labels of several label maps to ``1..K``.
+    """Remap the non-zero, non-void labels of several label maps to ``1..K``.
 
     Args:
         maps: frame index -> uint8 label map with the dataset's ids.
-        order: original ids in the order they get 1..K (default: all ids found, ascending);
-            ids not listed become background.
+        order: original ids in the order they get 1..K (default: all ids found, ascending,
+            void labels excluded); ids not listed (void among them) become background.
+        void: labels that are never objects.
 
     Returns:
         ``(remapped maps, label_to_original)`` with ``label_to_original[k] = original id``.
@@ -297,7 +315,7 @@ def remap_labels(
     if order is None:
         found: set[int] = set()
         for m in maps.values():
-            found.update(int(v) for v in np.unique(m) if v != 0)
+            found.update(object_ids(m, tuple(void)))
         order = sorted(found)
     lut = np.zeros(256, dtype=np.uint8)
     mapping: dict[int, int] = {}
@@ -307,8 +325,29 @@ def remap_labels(
     return {t: lut[m] for t, m in maps.items()}, mapping
 
 
-def _objects_in(maps: dict[int, np.ndarray]) -> dict[int, list[int]]:
-    return {t: [int(v) for v in np.unique(m) if v != 0] for t, m in maps.items()}
+def _objects_in(maps: dict[int, np.ndarray], void: Sequence[int] = (VOID_LABEL,)
+                ) -> dict[int, list[int]]:
+    return {t: object_ids(m, tuple(void)) for t, m in maps.items()}
+
+
+def check_consecutive_frames(frames: FrameSource, what: str) -> None:
+    """DAVIS frames are numbered ``00000, 00001, ...``: a gap is a missing file, named.
+
+    Raises DatasetNotFoundError for the first missing number (only when every frame name is a
+    number; other naming schemes are not checked).
+    """
+    names = list(frames.names)
+    if not names or not all(n.isdigit() for n in names):
+        return
+    numbers = [int(n) for n in names]
+    width = len(names[0])
+    ext = frames.files[0].suffix if frames.files else ".jpg"
+    for prev, cur in zip(numbers, numbers[1:]):
+        if cur != prev + 1:
+            missing = frames.path / f"{prev + 1:0{width}d}{ext}"
+            raise DatasetNotFoundError(
+                f"{missing}: frame missing ({what}: frames {names[0]}..{names[-1]} must be "
+                "consecutive)", missing)
 
 
 class _Reader:
@@ -398,21 +437,38 @@ class DAVIS2017Reader(_Reader):
             raise DatasetNotFoundError(
                 f"first-frame annotation of sequence {name!r} not found: expected {path}"
             )
-        return path, _load_annotation(path, frames, 0)
+        return path, _load_annotation(path, frames, 0, strict=True)
+
+    def _open(self, name: str) -> FrameSource:
+        frames = _open_frames(self.image_root / name, name, self.resolution, self.cache_size, self.url)
+        check_consecutive_frames(frames, f"sequence {name!r}")
+        ann_dir = self.gt_root / name
+        if ann_dir.is_dir():  # an annotation without its frame: the frame is missing
+            have = set(frames.names)
+            for p in list_frame_files(ann_dir, (".png",)):
+                if p.stem not in have:
+                    missing = frames.path / f"{p.stem}{frames.files[0].suffix if frames.files else '.jpg'}"
+                    raise DatasetNotFoundError(
+                        f"{missing}: frame missing (its annotation {p} exists)", missing)
+        return frames
 
     def load(self, name: str) -> VideoSequence:
-        frames = _open_frames(self.image_root / name, name, self.resolution, self.cache_size, self.url)
+        frames = self._open(name)
         path, mask = self._first_annotation(name, frames)
-        if not (mask > 0).any():
-            raise DatasetFormatError(f"{path}: the first-frame annotation contains no object")
-        maps, mapping = remap_labels({0: mask})
+        if not object_ids(mask, DAVIS_VOID_LABELS):
+            void = " (254 and 255 are void)" if (mask > 0).any() else ""
+            raise DatasetFormatError(f"{path}: the first-frame annotation contains no object{void}",
+                                     path)
+        # DAVIS: the objects are the ids of the first frame (void excluded); ids need not be
+        # contiguous, they are mapped to 1..K here and written back as they were
+        maps, mapping = remap_labels({0: mask}, void=DAVIS_VOID_LABELS)
         return VideoSequence(
             name=name,
             frame_names=list(frames.names),
             frames=frames,
             annotations=maps,
             annotation_files={0: path},
-            objects_per_frame=_objects_in(maps),
+            objects_per_frame=_objects_in(maps, DAVIS_VOID_LABELS),
             label_to_original=mapping,
             original_size=tuple(frames.original_size),
             output_paths=[f"{name}/{n}.png" for n in frames.names],
@@ -461,8 +517,17 @@ class DAVIS2016Reader(DAVIS2017Reader):
             f"in the DAVIS 2017 trainval ImageSets/2016); {_download_hint(self.url)}"
         )
 
+    def _first_annotation(self, name: str, frames: FrameSource) -> tuple[Path, np.ndarray]:
+        # DAVIS 2016 annotations are 0/255 grayscale: 255 is the object here, not void
+        ann_dir = _require_dir(self.gt_root / name, f"annotations of sequence {name!r}", self.url)
+        path = ann_dir / f"{frames.names[0]}.png"
+        if not path.is_file():
+            raise DatasetNotFoundError(
+                f"first-frame annotation of sequence {name!r} not found: expected {path}", path)
+        return path, _load_annotation(path, frames, 0)
+
     def load(self, name: str) -> VideoSequence:
-        frames = _open_frames(self.image_root / name, name, self.resolution, self.cache_size, self.url)
+        frames = self._open(name)
         path, mask = self._first_annotation(name, frames)
         binary = (mask > 0).astype(np.uint8)
         if not binary.any():
@@ -591,7 +656,7 @@ class YouTubeVOSReader(_Reader):
             if p.stem not in index:
                 raise DatasetFormatError(f"annotation {p} has no matching frame in {frame_dir}")
             t = index[p.stem]
-            raw[t] = _load_annotation(p, frames, t)
+            raw[t] = _load_annotation(p, frames, t, strict=True)
             files[t] = p
 
         found = _objects_in(raw)
@@ -707,8 +772,10 @@ class GenericReader(_Reader):
             if self.masks_path.stem not in index:
                 logger.info("%s: mask %s taken as the first frame's", self.name, self.masks_path)
             raw[t], files[t] = _load_annotation(self.masks_path, frames, t), self.masks_path
-        if not any((m > 0).any() for m in raw.values()):
-            raise DatasetFormatError(f"{self.masks_path}: the masks contain no object")
+        if not any(object_ids(m) for m in raw.values()):
+            void = " (255 is void)" if any((m > 0).any() for m in raw.values()) else ""
+            raise DatasetFormatError(f"{self.masks_path}: the masks contain no object{void}",
+                                     self.masks_path)
         maps, mapping = remap_labels(raw)
         first = min(maps)
         return VideoSequence(

@@ -29,9 +29,18 @@ bookkeeping of a finished sample (its report rows, its PNGs) is done between sam
 the timed interval. The timed interval holds the construction of the sample's inference core
 (as the original's), S2M, and propagation with fusion.
 
-Resuming: the report rows of every finished sample are saved to ``<output>/samples/``. On a
-restart the finished samples are removed from the official session's sample list, and at the
-end the summary is computed by the official service from the merged report of all runs.
+Resuming: the report rows of every finished sample are saved to ``<output>/samples/``
+(``<seq>__<idx>.csv``), and the run fingerprint (:mod:`util.fingerprint`: the resolved settings
+and the hash of every weight file) to ``<output>/fingerprint.json``. A rerun with the same
+fingerprint removes the finished samples from the official session's sample list; at the end
+the summary is computed by the official service from the merged report of all runs. When every
+sample is finished, the summary is rebuilt without starting the session. A rerun with another
+fingerprint stops with a message naming the differences (``--restart`` discards the earlier
+results).
+
+Objects: the session, the robot and the metrics use object ids 1..``num_objects`` of
+davisinteractive's metadata for the sequence, so the driver does too; 254 and 255 are void.
+:func:`validate_davis_data` checks the data against that metadata before the session starts.
 
 ``davisinteractive`` is imported lazily, through :mod:`util.davis_compat`.
 """
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +61,8 @@ from inference.inference_core import InferenceConfig, InferenceCore
 from inference.interact.interactions import ScribbleInteraction, scribble_maps
 from inference.interact.s2m_controller import S2MController
 from util.davis_compat import ensure_compat
-from util.fileio import atomic_save_json, atomic_write_text
+from util.errors import InputError, MissingInputError
+from util.fileio import atomic_save_json, atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +96,14 @@ def check_davis_root(root: str | Path, subset: str = "val") -> Path:
             "holds JPEGImages/, Annotations/, ImageSets/ and Scribbles/; or generate a synthetic "
             "stand-in with `python -m dataset.synthetic --out DIR --preset davis-val`.")
     if not root.is_dir():
-        raise FileNotFoundError(f"DAVIS root {root} does not exist. {hint}")
+        raise MissingInputError(f"DAVIS root {root} does not exist. {hint}", root)
     needed = [root / "JPEGImages" / "480p", root / "Annotations" / "480p", root / "Scribbles",
               root / "ImageSets" / "2017" / f"{subset}.txt"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"DAVIS root {root} is incomplete; missing: {', '.join(missing)}. {hint}")
+        what = "is an empty folder" if not any(root.iterdir()) else "is incomplete"
+        raise MissingInputError(f"DAVIS root {root} {what}; missing: {', '.join(missing)}. {hint}",
+                                root)
     return root
 
 
@@ -187,36 +200,251 @@ class DavisSampleProcessor:
         return self.core.masks, [t]
 
 
+SAMPLE_RE = re.compile(r"^(?P<seq>[^.].*)__(?P<idx>\d+)\.csv$")
+
+
 def _sample_file(out: Path, seq: str, scribble_idx: int) -> Path:
     return out / "samples" / f"{seq}__{scribble_idx}.csv"
 
 
 def _finished_samples(out: Path) -> set[tuple[str, int]]:
+    """The samples whose report rows are saved: files ``<seq>__<idx>.csv`` exactly (hidden and
+    temporary files never match)."""
     done = set()
-    for f in (out / "samples").glob("*__*.csv"):
-        seq, idx = f.stem.rsplit("__", 1)
-        done.add((seq, int(idx)))
+    folder = out / "samples"
+    if not folder.is_dir():
+        return done
+    for f in folder.iterdir():
+        m = SAMPLE_RE.match(f.name)
+        if m and f.is_file():
+            done.add((m["seq"], int(m["idx"])))
     return done
+
+
+def session_samples(subset: str) -> list[tuple[str, int]]:
+    """The samples of the official session for ``subset``, in its order: every sequence of
+    davisinteractive's ``Davis.sets[subset]`` x scribble index 1..``num_scribbles`` (as
+    ``EvaluationService`` builds them)."""
+    ensure_compat()
+    from davisinteractive.dataset.davis import Davis
+
+    if subset not in Davis.sets:
+        raise InputError(f"subset {subset!r} is not one of davisinteractive's subsets "
+                         f"({', '.join(sorted(Davis.sets))})")
+    return [(seq, i) for seq in Davis.sets[subset]
+            for i in range(1, int(Davis.dataset[seq]["num_scribbles"]) + 1)]
+
+
+def num_objects_of(seq: str) -> int:
+    """The object count of a sequence in davisinteractive's metadata (``davis.json``, or the
+    entries a synthetic stand-in registered): the session, the robot and the metrics all use
+    object ids 1..this number, so the driver does too."""
+    ensure_compat()
+    from davisinteractive.dataset.davis import Davis
+
+    return int(Davis.dataset[seq]["num_objects"])
+
+
+def _check_scribble_file(path: Path, seq: str, num_frames: int, num_objects: int) -> None:
+    """A scribble file as the session reads it (``Davis.load_scribble``) and uses it."""
+    if not path.is_file():
+        raise MissingInputError(f"{path}: scribble file not found", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: malformed scribble JSON ({exc})", path) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("scribbles"), list):
+        raise InputError(f"{path}: malformed scribble JSON (expected an object with a "
+                         "'scribbles' list)", path)
+    if data.get("sequence") != seq:
+        raise InputError(f"{path}: malformed scribble JSON ('sequence' is "
+                         f"{data.get('sequence')!r}, expected {seq!r})", path)
+    frames = data["scribbles"]
+    if len(frames) != num_frames:
+        raise InputError(f"{path}: malformed scribble JSON ({len(frames)} frames of scribbles, "
+                         f"the sequence has {num_frames})", path)
+    for t, strokes in enumerate(frames):
+        if not isinstance(strokes, list):
+            raise InputError(f"{path}: malformed scribble JSON (frame {t} is not a list)", path)
+        for s in strokes:
+            ok = (isinstance(s, dict) and isinstance(s.get("path"), list)
+                  and isinstance(s.get("object_id"), int) and 0 <= s["object_id"] <= num_objects
+                  and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in s["path"]))
+            if not ok:
+                raise InputError(f"{path}: malformed scribble JSON (frame {t}: a stroke needs a "
+                                 f"'path' of [x, y] points and an 'object_id' in 0..{num_objects})",
+                                 path)
+
+
+def validate_davis_data(root: Path, sequences: list[str]) -> None:
+    """Check the files of ``sequences`` before the session starts, against davisinteractive's
+    metadata, so that bad data stops with one message naming the file instead of a traceback
+    inside the official package:
+
+    * frames ``JPEGImages/480p/<seq>/00000.jpg ...``: as many as the metadata's
+      ``num_frames``, consecutive, complete (no truncated or empty file), one size;
+    * annotations ``Annotations/480p/<seq>/00000.png ...``: one per frame, the frame's size,
+      palette or grayscale (RGB refused: the official tools read the stored values), ids as the
+      official tools define them: every non-void id within 1..``num_objects`` of the metadata
+      (254 and 255 are void), and at least one object in the sequence. An object may first
+      appear after frame 0 (the robot scribbles it when it is missed);
+    * scribbles ``Scribbles/<seq>/001.json ...`` (``num_scribbles`` of them): valid JSON in the
+      official layout, one list of strokes per frame, object ids within 0..``num_objects``.
+
+    Raises :class:`util.errors.InputError` (naming the file) for the first problem.
+    """
+    from util.filecheck import check_image, check_mask
+    from util.palette import DAVIS_VOID_LABELS, object_ids, read_annotation
+    from util.video_io import list_frame_files
+
+    ensure_compat()
+    from davisinteractive.dataset.davis import Davis
+
+    for seq in sequences:
+        meta = Davis.dataset[seq]
+        n_frames, n_obj = int(meta["num_frames"]), int(meta["num_objects"])
+        img_dir = root / "JPEGImages" / "480p" / seq
+        ann_dir = root / "Annotations" / "480p" / seq
+        if not img_dir.is_dir():
+            raise MissingInputError(f"{img_dir}: frame folder of sequence {seq!r} not found", img_dir)
+        files = list_frame_files(img_dir, (".jpg", ".jpeg"))
+        if not files:
+            raise InputError(f"{img_dir}: empty folder (no .jpg frames)", img_dir)
+        have = {p.stem for p in files}
+        for t in range(n_frames):
+            if f"{t:05d}" not in have:
+                missing = img_dir / f"{t:05d}.jpg"
+                raise MissingInputError(f"{missing}: frame missing (sequence {seq!r} has "
+                                        f"{n_frames} frames in davisinteractive's metadata)",
+                                        missing)
+        if len(files) != n_frames:
+            raise InputError(f"{img_dir}: {len(files)} frames, but davisinteractive's metadata "
+                             f"lists {n_frames} for {seq!r}", img_dir)
+        size = None
+        present: set[int] = set()
+        for t in range(n_frames):
+            head = check_image(img_dir / f"{t:05d}.jpg", "frame")
+            if size is None:
+                size = (head.width, head.height)
+            elif (head.width, head.height) != size:
+                raise InputError(f"{head.path}: frame is {head.width}x{head.height}, frame 0 is "
+                                 f"{size[0]}x{size[1]} (WxH)", head.path)
+            ann = ann_dir / f"{t:05d}.png"
+            if not ann.is_file():
+                raise MissingInputError(f"{ann}: annotation missing", ann)
+            mhead = check_mask(ann)
+            if (mhead.width, mhead.height) != size:
+                raise InputError(f"{ann}: annotation is {mhead.width}x{mhead.height} but its "
+                                 f"frame is {size[0]}x{size[1]} (WxH)", ann)
+            ids = object_ids(read_annotation(ann), DAVIS_VOID_LABELS)
+            extra = [i for i in ids if i > n_obj]
+            if extra:
+                raise InputError(f"{ann}: holds object ids {ids}, but davisinteractive's metadata "
+                                 f"lists {n_obj} object(s) for {seq!r} (ids 1..{n_obj})", ann)
+            present.update(ids)
+        if not present:
+            first = ann_dir / "00000.png"
+            raise InputError(f"{first}: sequence {seq!r} holds no object in any annotation "
+                             "(254 and 255 are void)", first)
+        for i in range(1, int(meta["num_scribbles"]) + 1):
+            _check_scribble_file(root / "Scribbles" / seq / f"{i:03d}.json", seq, n_frames, n_obj)
+
+
+def _summarize(root: Path, config: DavisEvalConfig, report, service=None) -> dict:
+    """The official summary of a merged report (``EvaluationService.summarize_report``). Without
+    a running session's service, one is made as the session would make it (no robot runs)."""
+    if service is None:
+        ensure_compat()
+        from davisinteractive.evaluation.service import EvaluationService
+
+        max_time = config.max_interactions * config.seconds_per_interaction
+        service = EvaluationService(config.subset, davis_root=str(root),
+                                    max_t=min(max_time, 10 * 60),
+                                    max_i=min(config.max_interactions, 16))
+    summary = service.summarize_report(report)
+    return json.loads(json.dumps(summary, default=float))
+
+
+def _merged_report(out: Path, samples: list[tuple[str, int]]):
+    import pandas as pd
+
+    frames = [pd.read_csv(_sample_file(out, seq, idx)) for seq, idx in samples
+              if _sample_file(out, seq, idx).is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
+
+
+def _discard_results(out: Path) -> None:
+    """--restart: remove what an earlier run wrote to ``out``."""
+    import shutil
+
+    from util.fingerprint import FINGERPRINT_FILE
+
+    for name in ("samples", "masks", "session"):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    for name in ("summary.json", "report.csv", "config.json", "jf_vs_time.png", FINGERPRINT_FILE):
+        if (out / name).is_file():
+            (out / name).unlink()
 
 
 def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net,
                           device: torch.device | str = "cpu",
-                          progress: Callable[[str, int, int], None] | None = None) -> dict:
+                          progress: Callable[[str, int, int], None] | None = None,
+                          fingerprint: dict | None = None,
+                          networks: Callable[[], tuple] | None = None) -> dict:
     """Run the official session; returns the official global summary (also written to
-    ``<output>/summary.json``)."""
-    import pandas as pd
+    ``<output>/summary.json``).
 
-    ensure_compat()
-    from davisinteractive.session import DavisInteractiveSession
+    Resuming (``config.resume``): ``fingerprint`` (:mod:`util.fingerprint`; default: the
+    config) is compared with the one stored in the output folder by an earlier run; a
+    difference raises :class:`util.fingerprint.FingerprintMismatch` before anything is written.
+    With the same fingerprint, finished samples are skipped; when none is left, the summary is
+    rebuilt from the saved report rows without starting the session or building a network.
+    ``config.resume=False`` discards the earlier results first. ``networks``, when given, is
+    called for ``(prop_net, fusion_net, s2m_net)`` only when a sample has to run.
+    """
+    from util.errors import require_output_dir
+    from util.fingerprint import (FingerprintMismatch, check_fingerprint, load_fingerprint,
+                                  make_fingerprint, save_fingerprint)
 
     root = check_davis_root(config.davis_root, config.subset)
     out = Path(config.output)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
+    require_output_dir(out)
     device = torch.device(device)
-    done = _finished_samples(out) if config.resume else set()
+    if fingerprint is None:
+        fingerprint = make_fingerprint({k: v for k, v in asdict(config).items()
+                                        if k not in ("output", "save_masks", "resume")},
+                                       kind="davis_interactive")
+    all_samples = session_samples(config.subset)
     if not config.resume:
-        for f in (out / "samples").glob("*.csv"):
-            f.unlink()
+        _discard_results(out)
+    finished = _finished_samples(out)
+    stored = load_fingerprint(out)
+    if stored is None and finished:
+        raise FingerprintMismatch(
+            f"{out} holds finished samples without a run fingerprint (an older version's run); "
+            "use another --output, or --restart to discard them", out)
+    check_fingerprint(stored, fingerprint, out, "--restart")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    save_fingerprint(out, fingerprint)
+    atomic_save_json(out / "config.json", asdict(config))
+    done = finished & set(all_samples)
+    todo = [s for s in all_samples if s not in done]
+    if done:
+        log.info("resuming: %d of %d samples already finished", len(done), len(all_samples))
+
+    if not todo:  # everything finished earlier: rebuild the summary, no session, no network
+        report = _merged_report(out, all_samples)
+        summary = _summarize(root, config, report)
+        atomic_write_text(out / "report.csv", report.to_csv(index=False))
+        atomic_save_json(out / "summary.json", summary)
+        return summary
+
+    validate_davis_data(root, list(dict.fromkeys(s[0] for s in todo)))
+    if networks is not None:
+        prop_net, fusion_net, s2m_net = networks()
+
+    from davisinteractive.session import DavisInteractiveSession
 
     session = DavisInteractiveSession(
         davis_root=str(root), subset=config.subset,
@@ -224,11 +452,7 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
         max_time=config.max_interactions * config.seconds_per_interaction,
         report_save_dir=str(out / "session"))
     with session as sess:
-        all_samples = list(sess.samples)
-        sess.samples = [s for s in all_samples if (s[0], int(s[1])) not in done]
-        if done:
-            log.info("resuming: %d of %d samples already finished", len(all_samples) - len(sess.samples),
-                     len(all_samples))
+        sess.samples = [s for s in sess.samples if (s[0], int(s[1])) not in done]
         # every sequence is loaded before the session's clock runs, as the original does
         sequences = {seq: load_sequence(root, seq) for seq in dict.fromkeys(s[0] for s in sess.samples)}
         processor = None
@@ -239,11 +463,12 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
             seq, idx = sample
             rep = sess.get_report()
             rows = rep[(rep["sequence"] == seq) & (rep["scribble_idx"] == idx)][REPORT_COLUMNS]
-            atomic_write_text(_sample_file(out, seq, idx), rows.to_csv(index=False))
             if config.save_masks and processor is not None:
                 from util.palette import write_palette_png
                 for t, m in enumerate(processor.core.masks):
                     write_palette_png(out / "masks" / seq / str(idx) / f"{t:05d}.png", m)
+            # the report rows last: a sample counts as finished once its file exists
+            atomic_write_text(_sample_file(out, seq, idx), rows.to_csv(index=False))
 
         while sess.next():
             # A new sample starts when the session has no scribble for it yet. The previous
@@ -261,25 +486,22 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
                 raise RuntimeError("davisinteractive's session changed sample unexpectedly; "
                                    "this driver supports davisinteractive 1.0.4")
             if new_sample:
-                # timed, as in the original: building the sample's processor
+                # timed, as in the original: building the sample's processor; the object count
+                # is the session's (metadata), not the largest label of an annotation
                 frames, gt = sequences[seq]
-                num_objects = int(gt[0].max()) if gt[0].max() > 0 else int(gt.max())
-                processor = DavisSampleProcessor(frames, gt, num_objects, prop_net, fusion_net,
-                                                 None if config.oracle else s2m_net, config, device)
+                processor = DavisSampleProcessor(frames, gt, num_objects_of(seq), prop_net,
+                                                 fusion_net, None if config.oracle else s2m_net,
+                                                 config, device)
             masks, candidates = processor.step(scribbles)
             sess.submit_masks(masks.astype(np.int64), next_scribble_frame_candidates=candidates)
         if current is not None:
             finish(current)
 
-        frames = [pd.read_csv(f) for f in sorted((out / "samples").glob("*.csv"))]
-        report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
-        summary = sess.connector.service.summarize_report(report)
+        report = _merged_report(out, all_samples)
+        summary = _summarize(root, config, report, sess.connector.service)
 
-    summary = json.loads(json.dumps(summary, default=float))
     atomic_write_text(out / "report.csv", report.to_csv(index=False))
     atomic_save_json(out / "summary.json", summary)
-    cfg = asdict(config)
-    atomic_save_json(out / "config.json", cfg)
     return summary
 
 
@@ -307,7 +529,5 @@ def plot_curve(summary: dict, path: str | Path, metric: str = "J_AND_F", label: 
     if label:
         ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    tmp.replace(path)

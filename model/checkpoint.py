@@ -28,6 +28,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from util.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 WRAPPER_KEYS = ("state_dict", "model", "network", "model_state", "net")
@@ -38,8 +40,12 @@ _MAX_LISTED = 40
 ShapeMismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # key, checkpoint shape, model shape
 
 
-class CheckpointError(Exception):
-    """Base class of the errors raised here."""
+#: the evaluation / training option that takes the weights of each kind of network
+KIND_FLAGS = {"s2m": "--s2m-model", "propagation": "--prop-model", "fusion": "--fusion-model"}
+
+
+class CheckpointError(InputError):
+    """Base class of the errors raised here (bad input: the message names the file)."""
 
 
 class CheckpointFormatError(CheckpointError, ValueError):
@@ -62,15 +68,26 @@ class CheckpointMismatchError(CheckpointError, RuntimeError):
         missing: Sequence[str],
         unexpected: Sequence[str],
         shape_mismatch: Sequence[ShapeMismatch],
+        network: str = "",
+        hint: str = "",
     ) -> None:
-        self.path = os.fspath(path)
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.shape_mismatch = list(shape_mismatch)
-        super().__init__(self._message())
+        self.network = network
+        self.hint = hint
+        self.path = os.fspath(path)
+        super().__init__(self._message(), path)
 
     def _message(self) -> str:
-        lines = [f"checkpoint {self.path!r} does not match the network:"]
+        counts = ", ".join(f"{n} {what}" for n, what in (
+            (len(self.missing), "missing keys"), (len(self.unexpected), "unexpected keys"),
+            (len(self.shape_mismatch), "wrong shapes")) if n)
+        net = f"the {self.network} network" if self.network else "the network"
+        first = f"checkpoint {self.path!r} does not match {net} ({counts})"
+        if self.hint:
+            first += f"; {self.hint}"
+        lines = [first]
 
         def section(title: str, items: list[str]) -> None:
             if not items:
@@ -166,7 +183,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF, ...)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointFormatError(
-            f"{name!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {first_line})"
+            f"{name!r} is not a readable PyTorch checkpoint (truncated, corrupt or another "
+            f"format; {type(e).__name__}: {first_line})"
         ) from e
     return extract_state_dict(obj, name)
 
@@ -196,6 +214,72 @@ def compare_state_dicts(
     return LoadResult(missing, unexpected, mismatch)
 
 
+_REFERENCE_SHAPES: dict[tuple[str, str, bool], dict[str, tuple[int, ...]]] = {}
+
+
+def reference_shapes() -> dict[tuple[str, str, bool], dict[str, tuple[int, ...]]]:
+    """(kind, preset, single_object) -> tensor shapes of that network (built on the ``meta``
+    device, so nothing is allocated; cached)."""
+    if not _REFERENCE_SHAPES:
+        from model.presets import PRESETS, build_fusion, build_propagation, build_s2m
+
+        with torch.device("meta"):
+            for preset in sorted(PRESETS):
+                nets = {("s2m", False): build_s2m(preset), ("fusion", False): build_fusion(preset),
+                        ("propagation", False): build_propagation(preset),
+                        ("propagation", True): build_propagation(preset, single_object=True)}
+                for (kind, single), net in nets.items():
+                    _REFERENCE_SHAPES[(kind, preset, single)] = {
+                        k: tuple(v.shape) for k, v in net.state_dict().items()
+                        if k.rsplit(".", 1)[-1] != NUM_BATCHES_TRACKED}
+    return _REFERENCE_SHAPES
+
+
+def identify_state_dict(state: Mapping[str, torch.Tensor]) -> tuple[str, str, bool] | None:
+    """(kind, preset, single_object) of the network whose tensors ``state`` holds exactly
+    (BatchNorm ``num_batches_tracked`` buffers aside), or None."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()
+              if k.rsplit(".", 1)[-1] != NUM_BATCHES_TRACKED}
+    for key, ref in reference_shapes().items():
+        if ref == shapes:
+            return key
+    return None
+
+
+def _describe(key: tuple[str, str, bool]) -> str:
+    kind, preset, single = key
+    return f"{preset} {'single-object ' if single else ''}{kind}"
+
+
+def mismatch_hint(state: Mapping[str, torch.Tensor], network: nn.Module) -> tuple[str, str]:
+    """(what the network is, what to do) for a checkpoint that does not load into it.
+
+    Compares the file's tensors with every kind and preset of network: a file of another preset
+    asks for ``--preset``, a file of another kind names the option that takes it.
+    """
+    try:
+        expected = identify_state_dict(network.state_dict())
+        found = identify_state_dict(state)
+    except Exception:  # noqa: BLE001 - a hint must never hide the real error
+        logger.debug("no checkpoint hint", exc_info=True)
+        return "", ""
+    net_desc = _describe(expected) if expected else ""
+    if found is None or found == expected:
+        return net_desc, ""
+    kind, preset, single = found
+    what = f"this looks like a {_describe(found)} checkpoint"
+    if expected is not None and kind == expected[0] and single == expected[2]:
+        return net_desc, f"{what}: add --preset {preset}"
+    if expected is not None and kind == "propagation" == expected[0] and single:
+        extra = f" (with --preset {preset})" if preset != expected[1] else ""
+        return net_desc, (f"{what} (propagation stage s0): the multi-object network loads it "
+                          f"through train_prop.py --load{extra}, which widens the memory encoder")
+    flag = KIND_FLAGS.get(kind, "")
+    extra = f" --preset {preset}" if expected is not None and preset != expected[1] else ""
+    return net_desc, f"{what}, not a {expected[0] if expected else 'matching'} one: pass it to " \
+                     f"{flag}{extra}"
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:
     """Load the weights in ``path`` into ``model`` (modified in place).
 
@@ -216,8 +300,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 
     if strict:
         if real_missing or result.unexpected or result.shape_mismatch:
+            network, hint = mismatch_hint(state, net)
             raise CheckpointMismatchError(
-                path, real_missing, result.unexpected, result.shape_mismatch
+                path, real_missing, result.unexpected, result.shape_mismatch, network, hint
             )
         if filled:
             logger.info(

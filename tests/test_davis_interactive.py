@@ -86,21 +86,25 @@ def test_oracle_gives_perfect_interacted_frames_and_resume(davis_root, tmp_path)
     assert summary["curve"]["J_AND_F"] == pytest.approx(first["curve"]["J_AND_F"])
 
 
-def test_missing_davis_root_is_a_clear_error(tmp_path):
+def test_missing_davis_root_is_a_clear_error(tmp_path, capsys):
     import eval_davis_interactive
 
-    with pytest.raises(FileNotFoundError, match="does not exist.*davischallenge"):
-        eval_davis_interactive.main(["--davis", str(tmp_path / "nope"), "--output", str(tmp_path / "o"),
-                                     "--random-weights", "--preset", "lite"])
+    args = ["--output", str(tmp_path / "o"), "--random-weights", "--preset", "lite"]
+    assert eval_davis_interactive.main(["--davis", str(tmp_path / "nope"), *args]) == 2
+    assert "does not exist" in capsys.readouterr().err
     (tmp_path / "partial" / "JPEGImages" / "480p").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="Annotations"):
-        eval_davis_interactive.main(["--davis", str(tmp_path / "partial"), "--output", str(tmp_path / "o"),
-                                     "--random-weights", "--preset", "lite"])
+    assert eval_davis_interactive.main(["--davis", str(tmp_path / "partial"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Annotations" in err and len(err.splitlines()) == 1
 
 
-def test_missing_checkpoint_is_a_clear_error(davis_root, tmp_path):
+def test_missing_checkpoint_is_a_clear_error(davis_root, tmp_path, capsys):
     import eval_davis_interactive
 
-    with pytest.raises(FileNotFoundError, match="checkpoint .* not found"):
-        eval_davis_interactive.main(["--davis", str(davis_root), "--output", str(tmp_path / "o"),
-                                     "--preset", "lite", "--prop-model", str(tmp_path / "x.pth")])
+    code = eval_davis_interactive.main(["--davis", str(davis_root), "--output", str(tmp_path / "o"),
+                                        "--preset", "lite", "--oracle", "--fusion", "none",
+                                        "--prop-model", str(tmp_path / "x.pth")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"propagation checkpoint {tmp_path / 'x.pth'} not found: pass --prop-model" in err
+    assert not (tmp_path / "o").exists()  # nothing written

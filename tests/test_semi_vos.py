@@ -346,8 +346,13 @@ def test_resume_skips_finished_sequences(davis_master, tmp_path, capsys):
         assert (v == first[k]) == k.startswith("alpha"), k
     info = json.loads((out / "run_info.json").read_text())
     assert [n for n, s in info["sequences"].items() if not s["resumed"]] == ["beta", "gamma"]
-    # other options: recomputed, not mixed with the old outputs
-    assert run(lite_args("davis2017", davis_master, out, "--no-score", "--mem-every", "2"), capsys)[0] == 0
+    # other options: refused (never mixed with the old outputs), or recomputed with --restart
+    code, _, err = run(lite_args("davis2017", davis_master, out, "--no-score", "--mem-every", "2"),
+                       capsys)
+    assert code == 2 and "config.mem_every: 5 -> 2" in err and "--restart" in err
+    assert png_mtimes(out) == third
+    assert run(lite_args("davis2017", davis_master, out, "--no-score", "--mem-every", "2",
+                         "--restart"), capsys)[0] == 0
     info = json.loads((out / "run_info.json").read_text())
     assert not any(s["resumed"] for s in info["sequences"].values())
 
@@ -445,18 +450,30 @@ def test_missing_and_mismatched_input(davis, tmp_path, capsys):
 
 def test_non_palette_and_binary_masks(davis, tmp_path, capsys):
     ann = davis / "Annotations" / "480p"
-    # alpha: RGB image in DAVIS colours; beta: 0/255 grayscale; gamma: small-label grayscale
-    Image.fromarray(colorize(_boxes(0, [1, 2]))).save(ann / "alpha" / "00000.png")
-    for t in range(T):
-        Image.fromarray((_boxes(t, [1]) > 0).astype(np.uint8) * 255).save(ann / "beta" / f"{t:05d}.png")
-    Image.fromarray(_boxes(0, [1, 2])).save(ann / "gamma" / "00000.png")  # mode L, values 0/1/2
+    # gamma: small-label grayscale DAVIS annotation (mode L, values 0/1/2): stored ids, accepted
+    Image.fromarray(_boxes(0, [1, 2])).save(ann / "gamma" / "00000.png")
     out = tmp_path / "out"
-    code, stdout, err = run(lite_args("davis2017", davis, out), capsys)
+    code, stdout, err = run(lite_args("davis2017", davis, out, "--sequences", "gamma"), capsys)
     assert code == 0, err
-    assert np.array_equal(read_mask(out / "alpha" / "00000.png"), _boxes(0, [1, 2]))
-    assert np.array_equal(read_mask(out / "beta" / "00000.png"), _boxes(0, [1]))
     assert np.array_equal(read_mask(out / "gamma" / "00000.png"), _boxes(0, [1, 2]))
-    assert float(read_scores(out / "scores.csv")["beta"]["objects"]) == 1
+    # DAVIS annotations are read as the official tools read them: an RGB image is refused and a
+    # 0/255 image holds only void (255), so no object
+    Image.fromarray(colorize(_boxes(0, [1, 2]))).save(ann / "alpha" / "00000.png")
+    code, _, err = run(lite_args("davis2017", davis, tmp_path / "o2", "--sequences", "alpha"), capsys)
+    assert code == 2 and "alpha/00000.png: RGB image" in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
+    Image.fromarray((_boxes(0, [1]) > 0).astype(np.uint8) * 255).save(ann / "beta" / "00000.png")
+    code, _, err = run(lite_args("davis2017", davis, tmp_path / "o3", "--sequences", "beta"), capsys)
+    assert code == 2 and "beta/00000.png: the first-frame annotation contains no object" in err
+    # generic masks keep the convenient rules: DAVIS-coloured RGB, 0/255 grayscale = one object
+    code, _, err = run(lite_args("generic", davis / "JPEGImages" / "480p" / "alpha", tmp_path / "g1",
+                                 "--masks", ann / "alpha" / "00000.png"), capsys)
+    assert code == 0, err
+    assert np.array_equal(read_mask(tmp_path / "g1" / "alpha" / "00000.png"), _boxes(0, [1, 2]))
+    code, _, err = run(lite_args("generic", davis / "JPEGImages" / "480p" / "beta", tmp_path / "g2",
+                                 "--masks", ann / "beta" / "00000.png"), capsys)
+    assert code == 0, err
+    assert np.array_equal(read_mask(tmp_path / "g2" / "beta" / "00000.png"), _boxes(0, [1]))
 
 
 def test_davis2016_binary_outputs(tmp_path, capsys):

@@ -7,8 +7,11 @@ folder as the target, is flushed and fsync'ed, and is then moved over the target
 sees either the old file or the complete new one, never a half-written file. If the writer
 raises, the temporary file is removed and the target is left untouched.
 
-The temporary file keeps the target's extension (``.x.png.tmp1a2b.png``) so that libraries that
-pick the format from the file name (PIL, OpenCV) behave as for the real path.
+Temporary files never match a result glob: their names start with ``.`` and end with ``.tmp``
+(``.00000.png.k3j2x9.tmp``), so a leftover from a killed process is neither ``*.png`` nor
+``*.csv`` and is skipped by the hidden-file rule as well. Writers that need the extension to
+pick a format (OpenCV's video writer) ask for ``keep_suffix=True``: ``.x.mp4.k3j2x9.tmp.mp4``
+(still hidden). :func:`is_temp_name` recognises both forms.
 """
 
 from __future__ import annotations
@@ -44,16 +47,25 @@ def ensure_dir(path: PathLike) -> Path:
     """Create folder ``path`` (and its parents) if needed and return it as a :class:`Path`.
 
     Raises:
-        NotADirectoryError: ``path`` exists and is not a folder.
+        util.errors.OutputPathError (a ``NotADirectoryError``): ``path`` exists and is not a
+        folder.
     """
+    from util.errors import OutputPathError
+
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise NotADirectoryError(f"{p} exists and is not a folder")
+        raise OutputPathError(f"{p} exists and is not a folder", p)
     p.mkdir(parents=True, exist_ok=True)
     return p
 
 
-def atomic_write(path: PathLike, writer: Callable[[str], Any], *, fsync: bool = True) -> Path:
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write`'s temporary files (or any hidden file)."""
+    return name.startswith(".") or name.endswith(".tmp") or ".tmp." in name
+
+
+def atomic_write(path: PathLike, writer: Callable[[str], Any], *, fsync: bool = True,
+                 keep_suffix: bool = False) -> Path:
     """Write ``path`` atomically through a callback.
 
     Args:
@@ -62,6 +74,8 @@ def atomic_write(path: PathLike, writer: Callable[[str], Any], *, fsync: bool = 
             it must write the complete content there (it may overwrite/recreate that file,
             e.g. ``PIL.Image.save`` or ``torch.save``).
         fsync: flush the temporary file to disk before the rename.
+        keep_suffix: end the temporary name with the target's extension (for writers that
+            pick the format from the name); it is hidden either way.
 
     Returns:
         The final path.
@@ -73,7 +87,8 @@ def atomic_write(path: PathLike, writer: Callable[[str], Any], *, fsync: bool = 
     target = Path(path)
     ensure_dir(target.parent)
     fd, tmp = tempfile.mkstemp(
-        dir=str(target.parent), prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
+        dir=str(target.parent), prefix=f".{target.name}.",
+        suffix=f".tmp{target.suffix}" if keep_suffix else ".tmp"
     )
     os.close(fd)
     try:

@@ -17,7 +17,23 @@ All scores are fractions in [0, 1] (``vos_benchmark``'s own summaries use percen
 Aggregation follows the davis2017-evaluation toolkit: a sequence's object is scored by the mean
 over the evaluated frames (first and last frame skipped in the semi-supervised protocol); the
 dataset J-Mean is the mean over *all objects* of all sequences (not over sequences); J&F-Mean =
-(J-Mean + F-Mean) / 2. Void pixels (label 255 in DAVIS annotations) are not treated specially.
+(J-Mean + F-Mean) / 2.
+
+Void pixels (ground-truth label 255, and 254 in DAVIS, see ``util.palette``) are ignored as
+davis2017-evaluation ignores them: they are removed from both the ground truth and the
+prediction before J and F are computed, and a void label is never an object.
+
+Object sets (``object_rule`` of :func:`evaluate_folder`):
+
+* ``"davis"``: as davis2017-evaluation counts them (``davis2017/davis.py``,
+  ``get_all_masks(separate_objects_masks=True)``): the objects are ids ``1..N`` with ``N`` the
+  largest id of the *first* ground-truth frame after void removal. So ids 1 and 3 on the first
+  frame make 3 objects (object 2, absent everywhere, scores 1 when it is never predicted), and
+  an object first appearing later counts only when its id is at most ``N``. (That toolkit is
+  not a dependency of this project; ``davisinteractive``, which is, scores ids ``1..num_objects``
+  of its DAVIS metadata, the same ``N`` for DAVIS 2017.)
+* ``"all"`` (default): every non-void id found in the ground truth, as ``vos_benchmark``
+  counts them (its ``Evaluator.objects_in_gt``).
 
 CSV layout (:func:`write_scores_csv`), one header and one row per sequence then ``overall``::
 
@@ -68,10 +84,21 @@ def _as_labels(arr: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def _restrict(labels: np.ndarray, object_ids: Sequence[int]) -> np.ndarray:
-    """Set every label that is not in ``object_ids`` to 0 (does not change per-object masks)."""
+def _restrict(labels: np.ndarray, object_ids: Sequence[int],
+              void: np.ndarray | None = None) -> np.ndarray:
+    """Set every label that is not in ``object_ids`` to 0 (does not change per-object masks),
+    and every pixel of the boolean ``void`` map."""
     keep = np.isin(labels, np.asarray(object_ids, dtype=labels.dtype))
+    if void is not None:
+        keep &= ~void
     return np.where(keep, labels, 0).astype(np.int32)
+
+
+def _void_map(gt: np.ndarray, void: Sequence[int]) -> np.ndarray | None:
+    if not void:
+        return None
+    m = np.isin(gt, np.asarray(list(void), dtype=np.int64))
+    return m if m.any() else None
 
 
 def region_j(gt: np.ndarray, pred: np.ndarray) -> float:
@@ -100,15 +127,17 @@ def per_frame_scores(
     pred_masks: np.ndarray | Sequence[np.ndarray],
     object_ids: Sequence[int] | None = None,
     bound_th: float = BOUNDARY_THRESHOLD,
+    void: Sequence[int] = (255,),
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """J and F of every frame and object (no frame skipped; as the interactive track counts).
 
     Args:
         gt_masks: T label maps (T x H x W), 0 = background.
         pred_masks: T predicted label maps of the same sizes.
-        object_ids: objects to score; default: every non-zero label found in ``gt_masks``.
-            Predicted labels outside this set are ignored.
+        object_ids: objects to score; default: every non-zero, non-void label found in
+            ``gt_masks``. Predicted labels outside this set are ignored.
         bound_th: boundary tolerance as a fraction of the image diagonal.
+        void: ground-truth labels whose pixels are ignored (removed from both masks).
 
     Returns:
         ``(J, F, object_ids)``: J and F are float64 arrays T x K in [0, 1], columns in the order
@@ -120,7 +149,7 @@ def per_frame_scores(
         found: set[int] = set()
         for g in gt_masks:
             u = np.unique(np.asarray(g))
-            found.update(int(v) for v in u if v != 0)
+            found.update(int(v) for v in u if v != 0 and int(v) not in void)
         object_ids = sorted(found)
     ids = [int(o) for o in object_ids]
     if any(o <= 0 for o in ids):
@@ -138,7 +167,8 @@ def per_frame_scores(
             raise ValueError(
                 f"frame {t}: ground truth {g.shape} and prediction {p.shape} must be equal H x W"
             )
-        ev.feed_frame(_restrict(p, ids), _restrict(g, ids))
+        vm = _void_map(g, void)
+        ev.feed_frame(_restrict(p, ids, vm), _restrict(g, ids, vm))
     for k, o in enumerate(ids):
         J[:, k] = ev.object_iou[o]
         F[:, k] = ev.boundary_f[o]
@@ -259,14 +289,15 @@ def evaluate_sequence(
     skip_first_last: bool = True,
     name: str = "",
     bound_th: float = BOUNDARY_THRESHOLD,
+    void: Sequence[int] = (255,),
 ) -> SequenceScore:
     """Score one sequence.
 
     Args:
         gt_masks: T x H x W ground-truth label maps (0 = background).
         pred_masks: T x H x W predicted label maps.
-        object_ids: objects to score; default: every non-zero label in ``gt_masks`` (for DAVIS
-            that is the objects of the first frame).
+        object_ids: objects to score; default: every non-zero, non-void label in ``gt_masks``.
+        void: ground-truth labels whose pixels are ignored.
         skip_first_last: drop the first and the last frame (DAVIS semi-supervised protocol);
             needs T >= 3.
         name: sequence name stored in the result.
@@ -280,7 +311,7 @@ def evaluate_sequence(
     if object_ids is None:
         found: set[int] = set()
         for g in gt_masks:
-            found.update(int(v) for v in np.unique(np.asarray(g)) if v != 0)
+            found.update(int(v) for v in np.unique(np.asarray(g)) if v != 0 and int(v) not in void)
         object_ids = sorted(found)
     if skip_first_last:
         if T < 3:
@@ -293,7 +324,8 @@ def evaluate_sequence(
             raise ValueError(f"sequence {name!r}: no frames")
         frames = list(range(T))
     J, F, ids = per_frame_scores(
-        [gt_masks[t] for t in frames], [pred_masks[t] for t in frames], object_ids, bound_th
+        [gt_masks[t] for t in frames], [pred_masks[t] for t in frames], object_ids, bound_th,
+        void,
     )
     return SequenceScore(
         name=name,
@@ -324,6 +356,8 @@ def evaluate_folder(
     strict: bool = True,
     bound_th: float = BOUNDARY_THRESHOLD,
     binary: bool = False,
+    object_rule: str = "all",
+    void: Sequence[int] = (255,),
 ) -> ScoreTable:
     """Score a folder of predicted PNG sequences against a folder of ground-truth sequences.
 
@@ -331,7 +365,10 @@ def evaluate_folder(
     PNGs, or 0/255 grayscale for single-object data; read with ``util.palette.read_mask``).
     The frames evaluated are the ground-truth PNGs (natural order; first and last skipped with
     ``skip_first_last``); extra predicted PNGs are ignored, so sparse ground truth works. The
-    objects of a sequence are all non-zero labels found in its ground-truth frames.
+    objects of a sequence follow ``object_rule`` (module docstring): ``"all"`` = every non-void
+    label of its ground-truth frames; ``"davis"`` = ids 1..N, N the largest non-void id of its
+    first ground-truth frame (the ground truth is then read as the official tools read it,
+    ``util.palette.read_annotation``).
 
     Args:
         sequences: sequences to score (default: every sub-folder of ``gt_dir``).
@@ -339,13 +376,18 @@ def evaluate_folder(
             sequences without predictions are skipped with a warning.
         binary: score foreground against background (any object = 1) as one object, as the
             DAVIS 2016 protocol does.
+        object_rule: ``"all"`` or ``"davis"`` (see above).
+        void: ground-truth labels that are void (ignored pixels, never objects).
 
     Raises:
         FileNotFoundError: a folder or a predicted frame is missing (the path is named).
         ValueError: a prediction and its ground truth differ in size (both files named).
     """
-    from util.palette import read_mask
+    from util.palette import read_annotation, read_mask
 
+    if object_rule not in ("all", "davis"):
+        raise ValueError(f"object_rule must be 'all' or 'davis', got {object_rule!r}")
+    read_gt = read_annotation if object_rule == "davis" and not binary else read_mask
     gt_root, pred_root = Path(gt_dir), Path(pred_dir)
     for d, what in ((gt_root, "ground-truth"), (pred_root, "prediction")):
         if not d.is_dir():
@@ -372,7 +414,7 @@ def evaluate_folder(
             pf = pdir / gf.name
             if not pf.is_file():
                 raise FileNotFoundError(f"predicted mask missing: {pf} (ground truth {gf})")
-            g, p = read_mask(gf), read_mask(pf)
+            g, p = read_gt(gf), read_mask(pf)
             if g.shape != p.shape:
                 raise ValueError(
                     f"size mismatch: prediction {pf} is {p.shape[1]}x{p.shape[0]} but ground "
@@ -382,8 +424,15 @@ def evaluate_folder(
                 g, p = (g > 0).astype(np.uint8), (p > 0).astype(np.uint8)
             gts.append(g)
             preds.append(p)
-        score = evaluate_sequence(gts, preds, [1] if binary else None, skip_first_last, name=seq,
-                                  bound_th=bound_th)
+        if binary:
+            ids: list[int] | None = [1]
+        elif object_rule == "davis":
+            first = [int(v) for v in np.unique(gts[0]) if v != 0 and int(v) not in void]
+            ids = list(range(1, max(first) + 1)) if first else []
+        else:
+            ids = None
+        score = evaluate_sequence(gts, preds, ids, skip_first_last, name=seq,
+                                  bound_th=bound_th, void=() if binary else tuple(void))
         logger.info("%s: J %.4f F %.4f (%d objects)", seq, score.j_mean, score.f_mean,
                     len(score.object_ids))
         results.append(score)

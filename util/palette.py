@@ -14,6 +14,10 @@ Public API
 ``colorize(label_map)``      H x W labels -> H x W x 3 RGB using the palette.
 ``write_palette_png(path, label_map)``  atomic write of a palette PNG.
 ``read_mask(path)``          any supported mask file -> H x W ``uint8`` label map.
+``read_annotation(path)``    a benchmark annotation read as the official tools read it (the
+                             stored indices of a palette or 8-bit grayscale PNG; RGB refused).
+``object_ids(label_map, void)``  the object ids of a label map, void labels excluded.
+``VOID_LABEL``, ``DAVIS_VOID_LABELS``  the labels that are "void", not objects.
 ``MaskReadError``            raised (naming the file) when a mask cannot be decoded.
 ``atomic_write_bytes(path, data)``  temp file in the same folder + ``os.replace``.
 """
@@ -29,14 +33,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from util.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DAVIS_PALETTE",
     "DAVIS_PALETTE_RGB",
+    "DAVIS_VOID_LABELS",
     "MaskReadError",
+    "VOID_LABEL",
     "atomic_write_bytes",
     "colorize",
+    "object_ids",
+    "read_annotation",
     "read_mask",
     "write_palette_png",
 ]
@@ -65,8 +75,53 @@ DAVIS_PALETTE: bytes = _bitget_palette(256)
 DAVIS_PALETTE_RGB: np.ndarray = np.frombuffer(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
 
 
-class MaskReadError(ValueError):
+#: Label of "void" pixels (object boundaries, unlabelled regions) in DAVIS, YouTubeVOS and the
+#: training sets: never an object, ignored by the metrics.
+VOID_LABEL = 255
+#: DAVIS treats 254 as void as well (both are excluded from its object sets and scores).
+DAVIS_VOID_LABELS: tuple[int, ...] = (254, 255)
+
+
+class MaskReadError(InputError):
     """A mask file could not be decoded into a label map (the message names the file)."""
+
+
+def object_ids(label_map: np.ndarray, void: tuple[int, ...] = (VOID_LABEL,)) -> list[int]:
+    """Sorted object ids of a label map: its non-zero labels that are not void."""
+    values = np.unique(np.asarray(label_map))
+    return [int(v) for v in values if v != 0 and int(v) not in void]
+
+
+def read_annotation(path: str | os.PathLike) -> np.ndarray:
+    """Read a benchmark annotation (DAVIS, YouTubeVOS) the way the official tools do.
+
+    The official toolkits read ``np.array(Image.open(path))``: the stored indices of a palette
+    ("P") PNG, or the values of an 8-bit grayscale ("L") or 1-bit image, used as labels as they
+    are (so a 0/255 image holds only void). Returns an H x W ``uint8`` label map, void labels
+    kept (see :func:`object_ids`).
+
+    Raises:
+        MaskReadError: missing, empty, truncated or undecodable file, or an RGB / RGBA image
+            (its colours would have to be guessed; the official tools cannot read it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MaskReadError(f"{p}: annotation file not found", p)
+    if p.stat().st_size == 0:
+        raise MaskReadError(f"{p}: empty file (0 bytes)", p)
+    try:
+        with Image.open(p) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("P", "L", "1"):
+                return np.array(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise MaskReadError(f"{p}: cannot read the annotation ({type(exc).__name__}: {exc})",
+                            p) from exc
+    if mode in ("RGB", "RGBA", "RGBX"):
+        raise MaskReadError(f"{p}: {mode} image; annotations must be palette (indexed) or 8-bit "
+                            "grayscale PNGs holding object ids", p)
+    raise MaskReadError(f"{p}: unsupported image mode {mode!r} for an annotation", p)
 
 
 def _as_label_map(label_map: np.ndarray) -> np.ndarray:

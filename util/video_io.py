@@ -36,6 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from util.errors import InputError
 from util.fileio import atomic_save_image, atomic_write, ensure_dir
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (
 )
 
 
-class FrameSourceError(RuntimeError):
+class FrameSourceError(InputError, RuntimeError):
     """A frame folder or a video cannot be read (the message names the file and the problem)."""
 
 
@@ -123,17 +124,15 @@ def _read_image_rgb(path: Path) -> np.ndarray:
 
 
 def _image_header_size(path: Path) -> tuple[int, int]:
-    """(H, W) from an image header without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
+    """(H, W) from an image header without decoding the pixels, after checking that the file
+    is complete (:func:`util.filecheck.check_image`: empty, truncated JPEG / PNG)."""
+    from util.filecheck import check_image
 
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise FrameSourceError(
-            f"{path}: cannot read image header ({type(exc).__name__}: {exc})"
-        ) from exc
-    return h, w
+        head = check_image(path, "frame")
+    except InputError as exc:
+        raise FrameSourceError(str(exc), path) from exc
+    return head.height, head.width
 
 
 # ----------------------------------------------------------------------------------------------
@@ -749,7 +748,7 @@ def write_overlay_video(
             raise _NoEncoder(f"the {fourcc!r} encoder produced an empty file for {target}")
 
     try:
-        return atomic_write(target, _encode)
+        return atomic_write(target, _encode, keep_suffix=True)
     except _NoEncoder as exc:
         if not isinstance(frames, (Sequence, np.ndarray, FrameSource)):
             raise RuntimeError(
