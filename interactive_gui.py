@@ -111,7 +111,8 @@ def _prepare_qt_environment(offscreen: bool) -> None:
 
 
 def open_session(args: argparse.Namespace):
-    """The Session the arguments describe (a reopened one for --session)."""
+    """The Session the arguments describe (a reopened one for --session), and the messages of
+    what was loaded."""
     from gui.controller import Session, SessionSettings
 
     if args.session:
@@ -121,13 +122,10 @@ def open_session(args: argparse.Namespace):
             settings.device = args.device
         source = args.images or args.video or meta["source"]
         session = Session.open(source, settings)
-        logging.getLogger(__name__).info("%s", session.load_session(args.session).message)
-        return session
-    settings = _settings(args)
-    session = Session.open(args.images or args.video, settings)
-    if args.masks:
-        logging.getLogger(__name__).info("%s", session.load_masks(args.masks).message)
-    return session
+        return session, [session.load_session(args.session).message]
+    session = Session.open(args.images or args.video, _settings(args))
+    notes = [session.load_masks(args.masks).message] if args.masks else []
+    return session, notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     try:
         actions = load_actions(args.replay) if args.replay else None
-        session = open_session(args)
+        session, notes = open_session(args)
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     window = MainWindow(session, overlay_mode=args.overlay, zoom=args.zoom)
+    for note in notes:
+        window.log(note)
     window.show()
     if actions is None:
         return app.exec()

@@ -631,6 +631,11 @@ class MainWindow(QMainWindow):
                 on_finished(True)
                 return
             action = remaining.pop(0)
+            kind = action.get("inner", "scribble") if action.get("type") == "local" else action.get("type")
+            if kind in MODES:  # the panel follows the replayed interaction
+                self.set_mode(kind)
+                if kind == "free" and action.get("radius") is not None:
+                    self.brush_slider.setValue(round(action["radius"] / self.session.scale[0]))
             self.run_job(lambda p, c: self.session.apply_action(action, p, c), after=step)
 
         step(first=True)
