@@ -5,7 +5,7 @@ needs to
 
 * take back a propagation that the user cancelled (:class:`PropagationSnapshot`): the core has
   no cancel hook, so the tool raises from the progress callback and puts back what the
-  interaction changed;
+  interaction changed (a uint8 copy of the frames it may write, taken when it starts);
 * write results into the core without propagating, for masks loaded from disk and for a
   reopened session (:func:`write_stored_prob`), and put an interacted frame back into the
   permanent memory (:func:`restore_interacted`).
@@ -44,35 +44,52 @@ def _label_maps(core: InferenceCore) -> np.ndarray:
 
 @dataclass
 class PropagationSnapshot:
-    """The part of a core's state that one interaction on ``idx`` can change."""
+    """The part of a core's state that one interaction on ``idx`` can change.
+
+    The probabilities are kept as uint8 (exact for a core that stores uint8, within 1/255
+    otherwise), so the copy costs at most (K+1) bytes per pixel of the frames the propagation
+    may write, half of the float16 storage; the label maps are kept exactly.
+    """
 
     lo: int
     hi: int
-    prob: torch.Tensor  # (K+1) x (hi-lo+1) x Hp x Wp, the core's storage dtype and device
+    prob: torch.Tensor  # (K+1) x (hi-lo+1) x Hp x Wp uint8, on the core's storage device
     masks: np.ndarray  # (hi-lo+1) x H x W (or x Hp x Wp: the core's padded label maps)
     interacted: list[int]
     permanent: MemoryBank
     num_objects: int
 
     @classmethod
+    @torch.inference_mode()
     def take(cls, core: InferenceCore, idx: int) -> PropagationSnapshot:
         lo, hi = affected_range(core, idx)
-        return cls(lo, hi, core.prob[:, lo:hi + 1].clone(), _label_maps(core)[lo:hi + 1].copy(),
-                   list(core.interacted), core.permanent.copy(), core.k)
+        src = core.prob[:, lo:hi + 1]
+        if src.dtype == torch.uint8:
+            prob = src.clone()
+        else:  # frame by frame: no float32 copy of the whole range
+            prob = torch.empty(src.shape, dtype=torch.uint8, device=src.device)
+            for i in range(src.shape[1]):
+                prob[:, i] = (src[:, i].float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return cls(lo, hi, prob, _label_maps(core)[lo:hi + 1].copy(), list(core.interacted),
+                   core.permanent.copy(), core.k)
 
     @torch.inference_mode()
     def restore(self, core: InferenceCore) -> None:
         """Put the state back (the number of objects must not have changed since)."""
         if core.k != self.num_objects:
             raise RuntimeError("objects were added after the snapshot; it cannot be restored")
-        core.prob[:, self.lo:self.hi + 1] = self.prob
+        if core.prob.dtype == torch.uint8:
+            core.prob[:, self.lo:self.hi + 1] = self.prob
+        else:
+            for i in range(self.prob.shape[1]):
+                core.prob[:, self.lo + i] = (self.prob[:, i].float() / 255).to(core.prob.dtype)
         _label_maps(core)[self.lo:self.hi + 1] = self.masks
         core.interacted[:] = self.interacted
         core.permanent = self.permanent
 
     @property
     def nbytes(self) -> int:
-        return self.prob.numel() * self.prob.element_size() + self.masks.nbytes
+        return self.prob.numel() + self.masks.nbytes
 
 
 @torch.inference_mode()
