@@ -10,6 +10,28 @@ Shapes
 The affinity is ``F = k_M^T k_Q / sqrt(CK)`` (``N x M`` per batch item) and it is normalised over
 the *memory* axis: one distribution over the N memory positions per query column.
 
+Similarities (``similarity=``)
+------------------------------
+* ``"dot"`` (default; MiVOS / STM): ``F = k_M^T k_Q / sqrt(CK)``. The query keys are divided by
+  ``sqrt(CK)`` (:func:`scale_query`) before the product, as the original code does.
+* ``"l2"`` (STCN as the MiVOS-STCN branch computes it, REFERENCE.md j.1): the negative squared
+  Euclidean distance ``F = -|k_M - k_Q|^2 / sqrt(CK)``, formed as
+  ``(2 k_M^T k_Q - |k_M|^2 - |k_Q|^2) / sqrt(CK)``: the three terms are combined in that order and
+  the sum is *divided* by ``sqrt(CK)`` (no reciprocal multiplication, no pre-scaled query).
+  STCN itself drops the ``|k_Q|^2`` term, which is constant per query column and so cancels in
+  every normalisation below; keeping it only changes rounding. In half / bfloat16 the three terms
+  cancel heavily, so this affinity (and its normalisation) is always formed in at least float32;
+  the weights are cast back to the values' dtype for the readout.
+
+Every normalisation mode, chunking and the top-k gather work the same for both similarities.
+
+One affinity for several objects
+--------------------------------
+The values of one batch item may hold any number of channels. A caller whose keys do not depend
+on the object (STCN) reads ``K`` objects with one affinity by stacking their values along the
+channel axis (``B x (K*CV) x N``) and splitting the readout again (``B x K x CV x M``); the
+weights are computed once per query column and shared by all objects.
+
 Normalisation modes
 -------------------
 * ``top_k=None`` (training, ``--no_top``): softmax over all N entries of the column.
@@ -71,6 +93,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
+    "SIMILARITIES",
     "affinity",
     "softmax_topk",
     "softmax_topk_km",
@@ -80,6 +103,10 @@ __all__ = [
 
 #: Default bound on the number of elements of one affinity block (2**27 = 512 MiB in float32).
 DEFAULT_MAX_ELEMENTS = 2**27
+
+#: Key similarities of :func:`read_memory`: scaled dot product (MiVOS) or negative squared L2
+#: distance (STCN).
+SIMILARITIES = ("dot", "l2")
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,13 +124,23 @@ def scale_query(query_key: torch.Tensor) -> torch.Tensor:
     return query_key / math.sqrt(query_key.shape[1])
 
 
-def affinity(mem_key: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
-    """Scaled dot product ``k_M^T k_Q / sqrt(CK)``: ``B x N x M``.
+def affinity(
+    mem_key: torch.Tensor, query_key: torch.Tensor, similarity: str = "dot"
+) -> torch.Tensor:
+    """Dense affinity ``B x N x M`` (memory x query).
 
-    The query keys are divided by ``sqrt(CK)`` before the product, as the original code does
-    (and as :func:`read_memory` does, so that both compute the same rounded affinities).
+    ``"dot"``: scaled dot product ``k_M^T k_Q / sqrt(CK)``; the query keys are divided by
+    ``sqrt(CK)`` before the product, as the original code does (and as :func:`read_memory`
+    does, so that both compute the same rounded affinities).
+    ``"l2"``: ``(2 k_M^T k_Q - |k_M|^2 - |k_Q|^2) / sqrt(CK)`` (see the module docstring).
     """
-    return torch.einsum("bcn,bcm->bnm", mem_key, scale_query(query_key))
+    _check_similarity(similarity)
+    if similarity == "dot":
+        return torch.einsum("bcn,bcm->bnm", mem_key, scale_query(query_key))
+    ab = torch.einsum("bcn,bcm->bnm", mem_key, query_key)
+    mem_sq = mem_key.pow(2).sum(dim=1).unsqueeze(2)  # B x N x 1
+    query_sq = query_key.pow(2).sum(dim=1).unsqueeze(1)  # B x 1 x M
+    return (2 * ab - mem_sq - query_sq) / math.sqrt(mem_key.shape[1])
 
 
 def softmax_topk(aff: torch.Tensor, top_k: int | None) -> torch.Tensor:
@@ -166,6 +203,7 @@ def read_memory(
     *,
     km_sigma: float | None = None,
     query_hw: tuple[int, int] | None = None,
+    similarity: str = "dot",
 ) -> torch.Tensor:
     """Memory readout ``v_M W``: ``B x CV x M``.
 
@@ -180,7 +218,10 @@ def read_memory(
             ``None`` means :data:`DEFAULT_MAX_ELEMENTS`.
         km_sigma: kernelized-memory Gaussian width in query-grid cells (``None``: off).
         query_hw: ``(h, w)`` of the query grid, ``h*w == M``; required with ``km_sigma``.
+        similarity: ``"dot"`` (scaled dot product) or ``"l2"`` (negative squared distance,
+            STCN); see the module docstring.
     """
+    _check_similarity(similarity)
     mem_key, mem_value, query_key = _broadcast_batch(mem_key, mem_value, query_key)
     batch, ck, n_mem = mem_key.shape
     cv = mem_value.shape[1]
@@ -193,10 +234,12 @@ def read_memory(
     if km_sigma is not None:
         _check_sigma(km_sigma)
         grid_w = _check_query_hw(query_hw, m_query)[1]
-        centres = _km_centres(mem_key, query_key, chunk)
+        centres = _km_centres(mem_key, query_key, chunk, similarity)
 
     if m_query == 0:
         return mem_value.new_zeros(batch, cv, 0)
+
+    mem_sq = _squared_norms(mem_key) if similarity == "l2" else None
 
     values_rows = None
     if k is not None:
@@ -206,8 +249,11 @@ def read_memory(
     pieces = []
     for start in range(0, m_query, chunk):
         stop = min(m_query, start + chunk)
-        q = scale_query(query_key[:, :, start:stop])
-        aff = torch.bmm(q.transpose(1, 2), mem_key)  # B x m x N (query-major)
+        if mem_sq is None:
+            q = scale_query(query_key[:, :, start:stop])
+            aff = torch.bmm(q.transpose(1, 2), mem_key)  # B x m x N (query-major)
+        else:
+            aff = _l2_block(query_key[:, :, start:stop], mem_key, mem_sq)  # B x m x N
         if centres is not None:
             pos = torch.arange(start, stop, device=aff.device)
             gauss = _gaussian(centres, pos, grid_w, km_sigma, aff.dtype)
@@ -231,6 +277,8 @@ def read_memory(
             weights = torch.exp(vals - vals[..., :1])
             weights = weights / weights.sum(dim=2, keepdim=True)
 
+        if mem_sq is not None:  # l2 weights are float32 or wider; read in the values' dtype
+            weights = weights.to(mem_value.dtype)
         if k is None:
             pieces.append(torch.bmm(mem_value, weights.transpose(1, 2)))  # B x CV x m
         else:
@@ -260,14 +308,19 @@ def _gather_readout(
 
 
 def _km_centres(
-    mem_key: torch.Tensor, query_key: torch.Tensor, chunk: int
+    mem_key: torch.Tensor, query_key: torch.Tensor, chunk: int, similarity: str = "dot"
 ) -> torch.Tensor:
     """First pass of kernelized memory: ``argmax_m F[b, n, m]`` over all M, as ``B x N`` long."""
     best_val = best_idx = None
     with torch.no_grad():
+        mem_sq = _squared_norms(mem_key.detach()) if similarity == "l2" else None
         for start in range(0, query_key.shape[2], chunk):
-            q = scale_query(query_key[:, :, start : start + chunk].detach())
-            aff = torch.bmm(q.transpose(1, 2), mem_key.detach())  # B x m x N
+            if mem_sq is None:
+                q = scale_query(query_key[:, :, start : start + chunk].detach())
+                aff = torch.bmm(q.transpose(1, 2), mem_key.detach())  # B x m x N
+            else:
+                aff = _l2_block(query_key[:, :, start : start + chunk].detach(),
+                                mem_key.detach(), mem_sq)
             val, arg = aff.max(dim=1)  # first occurrence within the chunk
             arg = arg + start
             if best_val is None:
@@ -292,6 +345,36 @@ def _gaussian(
     px = (positions % grid_w).to(dtype).view(1, -1, 1)
     d2 = (py - cy).square_() + (px - cx).square_()
     return torch.exp(d2.mul_(-0.5 / (sigma * sigma)))
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is half / bfloat16 (wider dtypes unchanged)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _squared_norms(mem_key: torch.Tensor) -> torch.Tensor:
+    """``|k_M|^2`` per memory position, ``B x 1 x N`` (float32 or wider, autocast off)."""
+    with torch.autocast(mem_key.device.type, enabled=False):
+        return _wide(mem_key).pow(2).sum(dim=1, keepdim=True)
+
+
+def _l2_block(q: torch.Tensor, mem_key: torch.Tensor, mem_sq: torch.Tensor) -> torch.Tensor:
+    """Negative squared-distance affinity of one query chunk, query-major ``B x m x N``.
+
+    q: ``B x CK x m`` query keys (unscaled); mem_key: ``B x CK x N``; mem_sq: ``B x 1 x N`` from
+    :func:`_squared_norms`. ``(2 k_M.k_Q - |k_M|^2 - |k_Q|^2) / sqrt(CK)`` in float32 or wider
+    (autocast off: the terms cancel heavily).
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        q, mk = _wide(q), _wide(mem_key)
+        ab = torch.bmm(q.transpose(1, 2), mk)  # B x m x N
+        q_sq = q.pow(2).sum(dim=1).unsqueeze(2)  # B x m x 1
+        return (2 * ab - mem_sq - q_sq) / math.sqrt(q.shape[1])
+
+
+def _check_similarity(similarity: str) -> None:
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
 
 
 def _safe_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
