@@ -99,15 +99,21 @@ def _settings(args: argparse.Namespace):
         local_size=args.local_size)
 
 
-def _prepare_qt_environment(offscreen: bool) -> None:
-    """Offscreen platform when asked to (or with no display); and never Qt plugins of the
-    non-headless OpenCV wheel, which sets QT_QPA_PLATFORM_PLUGIN_PATH to its own Qt 5."""
+def _prepare_qt_environment(replay: bool) -> bool:
+    """Never use the Qt plugins of the non-headless OpenCV wheel (it points
+    QT_QPA_PLATFORM_PLUGIN_PATH at its own Qt 5); a replay without a display runs on the
+    offscreen platform. Returns False when an interactive window cannot be shown."""
     plugin_path = os.environ.get("QT_QPA_PLATFORM_PLUGIN_PATH", "")
     if "cv2" in plugin_path:
         del os.environ["QT_QPA_PLATFORM_PLUGIN_PATH"]
-    no_display = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    if offscreen or (no_display and sys.platform.startswith("linux")):
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if os.environ.get("QT_QPA_PLATFORM") or not sys.platform.startswith("linux"):
+        return True
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return True
+    if replay:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        return True
+    return False
 
 
 def open_session(args: argparse.Namespace):
@@ -139,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("interactive_gui")
 
-    _prepare_qt_environment(offscreen=bool(args.replay))
+    if not _prepare_qt_environment(replay=bool(args.replay)):
+        log.error("no display (DISPLAY / WAYLAND_DISPLAY unset): the window cannot be shown; "
+                  "use --replay, or set QT_QPA_PLATFORM")
+        return 2
     from PySide6.QtWidgets import QApplication
 
     from gui.app import MainWindow

@@ -44,7 +44,8 @@ def _load_or_random(net: torch.nn.Module, path: str | None, what: str, random_we
     if path is None:
         raise ValueError(f"no {what} weights given: pass --{what}-model FILE or --random-weights")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} weights not found: {path}")
+        raise FileNotFoundError(f"{what} weights not found: {path} (pass --{what}-model FILE, "
+                                "or --random-weights to try the tool)")
     load_weights(net, path)
 
 

@@ -56,7 +56,6 @@ def video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nets():
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
     return build_networks("mivos", "lite", WeightFiles(), random_weights=True, seed=0)
 
 
@@ -423,6 +422,20 @@ def test_ui_stays_responsive_while_propagating_and_cancel(nets, qapp, tmp_path):
     before[20] = shown
     np.testing.assert_array_equal(s.core.masks, before)
     win.close()
+
+
+def test_command_line_errors(video, qapp, tmp_path):
+    import interactive_gui
+
+    replay = tmp_path / "r.json"
+    replay.write_text("[]")
+    missing = tmp_path / "none.pth"
+    assert interactive_gui.main(["--images", str(video[0]), "--preset", "lite", "--replay",
+                                 str(replay), "--s2m-model", str(missing)]) == 2
+    with pytest.raises(SystemExit):
+        interactive_gui.main(["--images", "a", "--video", "b"])
+    with pytest.raises(SystemExit):
+        interactive_gui.main(["--images", "a", "--screenshot", "x.png"])  # needs --replay
 
 
 def test_replay_command_saves_every_frame_and_a_screenshot(video, tmp_path):
