@@ -13,6 +13,7 @@
 Command line (exit 0 and last line ``OK <kind> <N> parameters`` on success)::
 
     python -m model.checkpoint --kind propagation [--preset mivos] [--single-object] FILE
+    python -m model.checkpoint --kind propagation-stcn [--preset mivos] [--single-object] FILE
 """
 
 from __future__ import annotations
@@ -361,8 +362,15 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: strictly load a checkpoint file into one of the networks; 0 = success."""
-    from model.presets import PRESETS, build_fusion, build_propagation, build_s2m
+    from model.presets import (
+        PRESETS,
+        PROPAGATION_KINDS,
+        build_fusion,
+        build_propagation,
+        build_s2m,
+    )
 
+    arch_of_kind = {kind: arch for arch, kind in PROPAGATION_KINDS.items()}
     parser = argparse.ArgumentParser(
         prog="python -m model.checkpoint",
         description=(
@@ -373,8 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
-        "--kind", required=True, choices=("s2m", "propagation", "fusion"),
-        help="which network the file is for",
+        "--kind", required=True, choices=("s2m", *PROPAGATION_KINDS.values(), "fusion"),
+        help="which network the file is for (propagation: MiVOS's STM-style network; "
+             "propagation-stcn: the STCN network)",
     )
     parser.add_argument(
         "--preset", default="mivos", choices=sorted(PRESETS),
@@ -382,18 +391,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--single-object", action="store_true",
-        help="propagation only: 4-channel memory encoder (stage-0 single-object weights)",
+        help="propagation kinds only: 4-channel memory / value encoder (stage-0 single-object "
+             "weights)",
     )
     parser.add_argument("file", help="checkpoint file (.pth)")
     args = parser.parse_args(argv)
-    if args.single_object and args.kind != "propagation":
-        parser.error("--single-object only applies to --kind propagation")
+    if args.single_object and args.kind not in arch_of_kind:
+        parser.error("--single-object only applies to the propagation kinds")
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.kind == "s2m":
         net = build_s2m(args.preset)
-    elif args.kind == "propagation":
-        net = build_propagation(args.preset, single_object=args.single_object)
+    elif args.kind in arch_of_kind:
+        net = build_propagation(args.preset, single_object=args.single_object,
+                                arch=arch_of_kind[args.kind])
     else:
         net = build_fusion(args.preset)
     try:

@@ -7,6 +7,15 @@
   encoder widths are ResNet-18's own (f4 64, f8 128, f16 256; S2M layer4 512), keys 64-d,
   values 128-d, decoder 128/64/64, ASPP 64 channels with a 24-channel low-level projection,
   fusion width 16.
+
+Two propagation architectures (:data:`PROPAGATION_ARCHS`, the one list CLIs use for ``--arch``):
+
+* ``mivos``: the STM-style :class:`model.propagation.PropagationNetwork` (checkpoint kind
+  ``propagation``);
+* ``stcn``: :class:`model.stcn.STCNNetwork` (kind ``propagation-stcn``). ``mivos`` preset:
+  54,434,180 parameters (ResNet-50 key encoder, ResNet-18 value encoder, keys 64-d, values
+  512-d). ``lite``: ResNet-18 key and value encoders, values 128-d, decoder 128/64/64, CBAM
+  hidden width 8 (8,822,700 parameters).
 """
 
 from __future__ import annotations
@@ -16,19 +25,32 @@ from dataclasses import dataclass, field
 from model.fusion import FusionConfig, FusionNet
 from model.propagation import PropagationConfig, PropagationNetwork
 from model.s2m import S2M, S2MConfig
+from model.stcn import STCNConfig, STCNNetwork
 
 __all__ = [
+    "DEFAULT_ARCH",
     "DEFAULT_PRESET",
     "FusionConfig",
+    "PROPAGATION_ARCHS",
+    "PROPAGATION_KINDS",
     "PRESETS",
     "Preset",
     "PropagationConfig",
     "S2MConfig",
+    "STCNConfig",
     "build_fusion",
     "build_propagation",
     "build_s2m",
+    "build_stcn",
+    "check_arch",
     "get_preset",
 ]
+
+#: Propagation architectures: MiVOS's STM-style network and the STCN network.
+PROPAGATION_ARCHS = ("mivos", "stcn")
+DEFAULT_ARCH = "mivos"
+#: ``python -m model.checkpoint --kind`` of each architecture's propagation weights.
+PROPAGATION_KINDS = {"mivos": "propagation", "stcn": "propagation-stcn"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,7 @@ class Preset:
     s2m: S2MConfig = field(default_factory=S2MConfig)
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    stcn: STCNConfig = field(default_factory=STCNConfig)
 
 
 PRESETS: dict[str, Preset] = {
@@ -52,6 +75,10 @@ PRESETS: dict[str, Preset] = {
             backbone="resnet18", key_dim=64, value_dim=128, decoder_channels=(128, 64, 64)
         ),
         fusion=FusionConfig(width=16),
+        stcn=STCNConfig(
+            key_backbone="resnet18", value_backbone="resnet18", key_dim=64, value_dim=128,
+            decoder_channels=(128, 64, 64)
+        ),
     ),
 }
 DEFAULT_PRESET = "mivos"
@@ -73,11 +100,28 @@ def build_s2m(preset: str | Preset = DEFAULT_PRESET) -> S2M:
     return S2M(get_preset(preset).s2m)
 
 
+def check_arch(arch: str) -> str:
+    """``arch`` if it is one of :data:`PROPAGATION_ARCHS`, else ValueError listing them."""
+    if arch not in PROPAGATION_ARCHS:
+        raise ValueError(f"unknown propagation architecture {arch!r}; valid: "
+                         f"{', '.join(PROPAGATION_ARCHS)}")
+    return arch
+
+
 def build_propagation(
-    preset: str | Preset = DEFAULT_PRESET, single_object: bool = False
-) -> PropagationNetwork:
-    """PropagationNetwork with the preset's widths (4-channel memory encoder if single_object)."""
+    preset: str | Preset = DEFAULT_PRESET, single_object: bool = False,
+    arch: str = DEFAULT_ARCH,
+) -> PropagationNetwork | STCNNetwork:
+    """Propagation network of architecture ``arch`` (:data:`PROPAGATION_ARCHS`) with the
+    preset's widths (4-channel memory / value encoder if single_object)."""
+    if check_arch(arch) == "stcn":
+        return build_stcn(preset, single_object=single_object)
     return PropagationNetwork(get_preset(preset).propagation, single_object=single_object)
+
+
+def build_stcn(preset: str | Preset = DEFAULT_PRESET, single_object: bool = False) -> STCNNetwork:
+    """STCNNetwork with the preset's widths (4-channel value encoder if single_object)."""
+    return STCNNetwork(get_preset(preset).stcn, single_object=single_object)
 
 
 def build_fusion(preset: str | Preset = DEFAULT_PRESET) -> FusionNet:

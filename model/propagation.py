@@ -165,14 +165,25 @@ class UpsampleBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """[readout, query value] at stride 16 + f8 + f4 -> logits B x 1 x H x W (x4 of f4)."""
+    """[readout, query value] at stride 16 + f8 + f4 -> logits B x 1 x H x W (x4 of f4).
 
-    def __init__(self, c_in: int, f8_c: int, f4_c: int, widths: tuple[int, int, int]) -> None:
+    ``upsample``: the class of the two upsampling blocks, called as ``upsample(skip_c, up_c,
+    out_c)`` (:class:`UpsampleBlock` here; STCN's has a single skip conv, ``model.stcn``).
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        f8_c: int,
+        f4_c: int,
+        widths: tuple[int, int, int],
+        upsample: type[nn.Module] = UpsampleBlock,
+    ) -> None:
         super().__init__()
         c16, c8, c4 = widths
         self.compress = ResBlock(c_in, c16)
-        self.up_16_8 = UpsampleBlock(f8_c, c16, c8)
-        self.up_8_4 = UpsampleBlock(f4_c, c8, c4)
+        self.up_16_8 = upsample(f8_c, c16, c8)
+        self.up_8_4 = upsample(f4_c, c8, c4)
         self.pred = nn.Conv2d(c4, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:

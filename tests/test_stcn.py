@@ -1,0 +1,378 @@
+"""STCN propagation (model/stcn.py, REFERENCE.md j): checkpoint layout, forward / backward, the L2
+memory read, one affinity shared by all objects, top-k and the single-object variant."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import model.memory as memory
+from model import checkpoint as ckpt_cli
+from model.checkpoint import count_parameters, load_weights, save_weights
+from model.memory import affinity, read_memory
+from model.presets import (
+    PROPAGATION_ARCHS,
+    PROPAGATION_KINDS,
+    build_propagation,
+    build_stcn,
+)
+from model.stcn import STCN_TOP_K, STCNNetwork, STCNQueryFeatures
+from tests.test_checkpoint import last_line, random_state, read_manifest
+
+STCN_PARAMS = 54_434_180
+STCN_TENSORS = 405
+KIND = "propagation-stcn"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared CPU, OpenMP spinning makes 2 threads much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _grads_everywhere(net: nn.Module) -> None:
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and
+               (p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0)]
+    assert not missing, missing[:10]
+
+
+# ============================================================================ layout
+
+
+def test_arch_names_and_kinds_are_defined_once():
+    assert PROPAGATION_ARCHS == ("mivos", "stcn")
+    assert PROPAGATION_KINDS == {"mivos": "propagation", "stcn": KIND}
+    assert isinstance(build_propagation("lite", arch="stcn"), STCNNetwork)
+    with pytest.raises(ValueError, match="stcn"):
+        build_propagation("lite", arch="nope")
+
+
+def test_manifest_equals_our_state_dict():
+    with torch.device("meta"):
+        net = build_stcn("mivos")
+    ours = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
+            for k, v in net.state_dict().items()]
+    assert ours == read_manifest("propagation_stcn")  # keys, order, shapes, dtypes
+    assert len(ours) == STCN_TENSORS and count_parameters(net) == STCN_PARAMS
+    assert net.value_encoder.conv1.bias is not None and net.key_encoder.conv1.bias is None
+
+
+def test_official_layout_loads_strictly_and_cli(tmp_path, capsys):
+    state = random_state(read_manifest("propagation_stcn"), seed=5)
+    path = tmp_path / "stcn.pth"
+    torch.save(state, path)
+    net = build_stcn("mivos")
+    assert load_weights(net, path) == ([], [], [])
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    del net, loaded
+    assert ckpt_cli.main(["--kind", KIND, str(path)]) == 0
+    assert last_line(capsys.readouterr().out) == f"OK {KIND} {STCN_PARAMS} parameters"
+    # stage-0 (single-object) layout: only the value-encoder stem differs
+    stage0 = dict(state)
+    stage0["value_encoder.conv1.weight"] = torch.randn(64, 4, 7, 7)
+    torch.save(stage0, path)
+    assert ckpt_cli.main(["--kind", KIND, "--single-object", str(path)]) == 0
+    assert last_line(capsys.readouterr().out) == f"OK {KIND} {STCN_PARAMS - 64 * 49} parameters"
+
+
+def test_lite_round_trip(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = build_stcn("lite")
+    path = tmp_path / "lite.pth"
+    save_weights(net, path)
+    assert ckpt_cli.main(["--kind", KIND, "--preset", "lite", str(path)]) == 0
+    assert last_line(capsys.readouterr().out) == f"OK {KIND} {count_parameters(net)} parameters"
+    assert count_parameters(net) == 8_822_700
+
+
+def test_key_projection_init():
+    net = build_stcn("lite")
+    w = net.key_proj.key_proj.weight.flatten(1)  # CK x (C16 * 9), orthogonal rows
+    torch.testing.assert_close(w @ w.t(), torch.eye(w.shape[0]), atol=1e-5, rtol=0)
+    assert torch.count_nonzero(net.key_proj.key_proj.bias) == 0
+
+
+# ============================================================================ network
+
+
+@pytest.fixture(scope="module")
+def stcn_eval():
+    """A lite STCN network in eval mode, 3 memory frames with 3 objects and one query frame."""
+    torch.manual_seed(3)
+    net = build_stcn("lite").eval()
+    frames = torch.randn(4, 3, 64, 64)
+    masks = torch.rand(3, 3, 64, 64)  # frames x objects
+    with torch.no_grad():
+        feats = net.encode_key(frames)
+        values = net.encode_value(frames[:3], feats.f16[:3], masks)  # 3 frames x K x CV x h x w
+    mem_key = feats.key[:3].permute(1, 0, 2, 3).unsqueeze(0)  # 1 x CK x T x h x w
+    mem_value = values.permute(1, 2, 0, 3, 4).unsqueeze(0)  # 1 x K x CV x T x h x w
+    query = feats.map(lambda t: t[3:])
+    return net, query, mem_key, mem_value
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
+def test_forward_backward(size):
+    torch.manual_seed(1)
+    net = build_stcn("lite").train()
+    h, w = size
+    frames = torch.randn(3, 3, h, w)
+    feats = net.encode_key(frames)
+    assert isinstance(feats, STCNQueryFeatures)
+    assert feats.key.shape == (3, net.key_dim, h // 16, w // 16)
+    assert feats.value.shape == (3, net.value_dim, h // 16, w // 16)
+    assert feats.f8.shape[-2:] == (h // 8, w // 8) and feats.f4.shape[-2:] == (h // 4, w // 4)
+    masks = torch.rand(2, 2, h, w)  # frames 0, 1 x 2 objects
+    values = net.encode_value(frames[:2], feats.f16[:2], masks)
+    assert values.shape == (2, 2, net.value_dim, h // 16, w // 16)
+    mem_key = feats.key[:2].transpose(0, 1).unsqueeze(0)
+    mem_value = values.permute(1, 2, 0, 3, 4).unsqueeze(0)
+    logits = net.segment(feats.map(lambda t: t[2:]), mem_key, mem_value)  # full softmax
+    assert logits.shape == (1, 2, h, w) and torch.isfinite(logits).all()
+    weight = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))
+    (logits * weight).sum().backward()
+    _grads_everywhere(net)
+
+
+def test_encode_value_others_default_and_batch_broadcast(stcn_eval):
+    net = stcn_eval[0]
+    torch.manual_seed(4)
+    image = torch.randn(1, 3, 64, 64)
+    masks = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        f16 = net.encode_key(image).f16
+        default = net.encode_value(image, f16, masks)
+        others = torch.stack([masks[0, 1] + masks[0, 2], masks[0, 0] + masks[0, 2],
+                              masks[0, 0] + masks[0, 1]]).unsqueeze(0)
+        explicit = net.encode_value(image, f16, masks, others)
+        alone = [net.encode_value(image, f16, masks[:, i:i + 1], others[:, i:i + 1])
+                 for i in range(3)]
+    torch.testing.assert_close(default, explicit, atol=1e-6, rtol=0)
+    torch.testing.assert_close(default, torch.cat(alone, dim=1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="masks"):
+        net.encode_value(image, f16, masks[0])
+
+
+def test_single_object_variant():
+    torch.manual_seed(5)
+    net = build_stcn("lite", single_object=True).eval()
+    assert net.value_encoder.conv1.weight.shape == (64, 4, 7, 7)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = net.encode_key(image)
+        v = net.encode_value(image[:1], feats.f16[:1], torch.rand(1, 1, 64, 64))
+        assert v.shape == (1, 1, net.value_dim, 4, 4)
+        logits = net.segment(feats.map(lambda t: t[1:]), feats.key[:1].unsqueeze(2),
+                             v.unsqueeze(3), top_k=STCN_TOP_K)
+    assert logits.shape == (1, 1, 64, 64)
+    with pytest.raises(ValueError, match="others"):
+        net.encode_value(image[:1], feats.f16[:1], torch.rand(1, 1, 64, 64),
+                         torch.rand(1, 1, 64, 64))
+
+
+def test_decoder_input_is_readout_then_key_comp(stcn_eval):
+    net, query, mem_key, mem_value = stcn_eval
+    seen = {}
+
+    def hook(module, inputs, output) -> None:
+        seen["x"] = inputs[0]
+
+    handle = net.decoder.compress.register_forward_hook(hook)
+    with torch.no_grad():
+        net.segment(query, mem_key, mem_value)
+    handle.remove()
+    x, cv = seen["x"], net.value_dim
+    assert x.shape == (3, 2 * cv, 4, 4)  # one row per object
+    assert torch.equal(x[:, cv:], query.value.expand(3, -1, -1, -1))
+    # readout from the definition: softmax over memory of -|k_M - k_Q|^2 / sqrt(CK), float64
+    mk = mem_key[0].flatten(1).double()  # CK x N
+    qk = query.key[0].flatten(1).double()  # CK x M
+    dist = ((mk[:, :, None] - qk[:, None, :]) ** 2).sum(0)  # N x M
+    weights = torch.softmax(-dist / math.sqrt(net.key_dim), dim=0)
+    readout = torch.einsum("kcn,nm->kcm", mem_value[0].flatten(2).double(), weights)
+    torch.testing.assert_close(x[:, :cv].double(), readout.view(3, cv, 4, 4), atol=1e-4, rtol=0)
+
+
+# ============================================================================ the L2 memory read
+
+
+def _l2_reference(mk, mv, qk, top_k):
+    """Column by column in float64 from the definition: -|a - b|^2 / sqrt(CK), softmax over
+    memory restricted to the top k, each column's own maximum subtracted."""
+    mk, mv, qk = mk.double(), mv.double(), qk.double()
+    batch, ck, n = mk.shape
+    out = torch.zeros(batch, mv.shape[1], qk.shape[2], dtype=torch.float64)
+    for b in range(batch):
+        for j in range(qk.shape[2]):
+            col = [-float(((mk[b, :, i] - qk[b, :, j]) ** 2).sum()) / math.sqrt(ck)
+                   for i in range(n)]
+            keep = sorted(range(n), key=lambda i: col[i], reverse=True)
+            keep = keep if top_k is None else keep[:top_k]
+            e = [math.exp(col[i] - col[keep[0]]) for i in keep]
+            for i, ei in zip(keep, e, strict=True):
+                out[b, :, j] += ei / sum(e) * mv[b, :, i]
+    return out
+
+
+def _inputs(batch=2, ck=8, cv=5, n=20, m=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, ck, n, generator=g), torch.randn(batch, cv, n, generator=g),
+            torch.randn(batch, ck, m, generator=g))
+
+
+def test_l2_affinity_matches_float64_definition():
+    mk, _, qk = _inputs(ck=16, n=11, m=7, seed=1)
+    ref = -torch.cdist(mk.double().transpose(1, 2), qk.double().transpose(1, 2)) ** 2 / 4.0
+    torch.testing.assert_close(affinity(mk, qk, "l2").double(), ref, atol=1e-5, rtol=0)
+    # the chunked block is the same, query-major
+    block = memory._l2_block(qk, mk, memory._squared_norms(mk))
+    torch.testing.assert_close(block.transpose(1, 2).double(), ref, atol=1e-5, rtol=0)
+
+
+def test_l2_affinity_order_of_operations():
+    # integer keys make 2ab - |a|^2 - |b|^2 exact, so only the final scaling rounds: it must be
+    # a division by sqrt(CK) (not a multiplication by its reciprocal, not a pre-scaled query)
+    g = torch.Generator().manual_seed(2)
+    ck = 8
+    mk = torch.randint(-3, 4, (1, ck, 40), generator=g).float()
+    qk = torch.randint(-3, 4, (1, ck, 30), generator=g).float()
+    exact = (-((mk.double()[0, :, :, None] - qk.double()[0, :, None, :]) ** 2).sum(0))[None]
+    expected = exact.float() / math.sqrt(ck)
+    block = memory._l2_block(qk, mk, memory._squared_norms(mk)).transpose(1, 2)
+    assert torch.equal(block, expected)
+    assert torch.equal(affinity(mk, qk, "l2"), expected)
+    assert not torch.equal(exact.float() * (1 / math.sqrt(ck)), expected)  # test can tell
+
+
+@pytest.mark.parametrize("top_k", [None, 1, 4])
+def test_l2_read_matches_reference_and_chunking(top_k):
+    mk, mv, qk = _inputs(seed=3)
+    ref = _l2_reference(mk, mv, qk, top_k)
+    for budget in (None, 1, 2 * 20 * 4 + 1):
+        got = read_memory(mk, mv, qk, top_k=top_k, max_elements=budget, similarity="l2")
+        torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=0)
+    dense = torch.bmm(mv, memory.softmax_topk(affinity(mk, qk, "l2"), top_k))
+    torch.testing.assert_close(dense.double(), ref, atol=1e-5, rtol=0)
+    # and it is not the dot-product read
+    assert (read_memory(mk, mv, qk, top_k=top_k).double() - ref).abs().max() > 1e-3
+
+
+def test_l2_read_top_k_behaviour_and_gradients():
+    mk, mv, qk = _inputs(batch=1, n=30, m=6, seed=4)
+    full = read_memory(mk, mv, qk, similarity="l2")
+    torch.testing.assert_close(read_memory(mk, mv, qk, top_k=30, similarity="l2"), full)
+    assert not torch.allclose(read_memory(mk, mv, qk, top_k=2, similarity="l2"), full, atol=1e-4)
+    # a query key equal to a memory key makes that position the column's maximum: with
+    # top-1 the readout is exactly that position's value
+    qk2 = mk[:, :, [3, 17]].clone()
+    top1 = read_memory(mk, mv, qk2, top_k=1, similarity="l2")
+    torch.testing.assert_close(top1, mv[:, :, [3, 17]])
+    leaves = [t.clone().requires_grad_(True) for t in (mk, mv, qk)]
+    read_memory(*leaves, top_k=5, similarity="l2").square().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in leaves)
+    with pytest.raises(ValueError, match="similarity"):
+        read_memory(mk, mv, qk, similarity="cosine")
+
+
+def test_l2_read_in_bfloat16_uses_float32_affinity():
+    mk, mv, qk = (t * 4 for t in _inputs(batch=1, n=30, m=8, seed=6))
+    got = read_memory(mk.bfloat16(), mv.bfloat16(), qk.bfloat16(), similarity="l2")
+    assert got.dtype == torch.bfloat16
+    ref = read_memory(mk.bfloat16().float(), mv.bfloat16().float(), qk.bfloat16().float(),
+                      similarity="l2")
+    torch.testing.assert_close(got.float(), ref, atol=3e-2, rtol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = read_memory(mk, mv, qk, top_k=4, similarity="l2")
+    assert torch.isfinite(auto.float()).all()
+
+
+# ============================================================================ one affinity, K objects
+
+
+def _count_affinities(monkeypatch) -> list[tuple[int, ...]]:
+    calls = []
+    real = memory._l2_block
+
+    def spy(q, mem_key, mem_sq):
+        out = real(q, mem_key, mem_sq)
+        calls.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(memory, "_l2_block", spy)
+    return calls
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_one_affinity_serves_all_objects(stcn_eval, monkeypatch, top_k):
+    net, query, mem_key, mem_value = stcn_eval
+    k, n = mem_value.shape[1], mem_key[0, 0].numel()
+    calls = _count_affinities(monkeypatch)
+    with torch.no_grad():
+        readout = net.read(query.key, mem_key, mem_value, top_k=top_k)
+    assert calls == [(1, 16, n)]  # one block: 1 frame x 16 query positions x N, for K = 3
+    assert readout.shape == (1, k, net.value_dim, 4, 4)
+    # chunked: one block per chunk, still not one per object
+    calls.clear()
+    with torch.no_grad():
+        chunked = net.read(query.key, mem_key, mem_value, top_k=top_k, memory_budget=4 * n)
+    assert calls == [(1, 4, n)] * 4
+    torch.testing.assert_close(chunked, readout, atol=1e-5, rtol=0)
+    monkeypatch.undo()
+    # every object's readout equals a read of that object alone
+    for i in range(k):
+        alone = read_memory(mem_key.flatten(2), mem_value[:, i].flatten(2),
+                            query.key.flatten(2), top_k=top_k, similarity="l2")
+        torch.testing.assert_close(readout[:, i].flatten(2), alone, atol=1e-5, rtol=0)
+
+
+def test_segment_objects_independent_of_each_other(stcn_eval):
+    net, query, mem_key, mem_value = stcn_eval
+    with torch.no_grad():
+        joint = net.segment(query, mem_key, mem_value, top_k=STCN_TOP_K)
+        single = [net.segment(query, mem_key, mem_value[:, i:i + 1], top_k=STCN_TOP_K)
+                  for i in range(3)]
+        flat = net.segment(query, mem_key.flatten(2), mem_value.flatten(3), top_k=STCN_TOP_K)
+    assert joint.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(joint, torch.cat(single, dim=1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat, joint, atol=0, rtol=0)
+    assert not torch.allclose(joint[0, 0], joint[0, 1])
+    with pytest.raises(ValueError, match="memory keys/values"):
+        net.segment(query, mem_key, mem_value[0])
+
+
+def test_top_k_default_and_effect(stcn_eval):
+    assert STCN_TOP_K == 20
+    net, query, mem_key, mem_value = stcn_eval
+    n = mem_key[0, 0].numel()
+    with torch.no_grad():
+        full = net.segment(query, mem_key, mem_value)
+        top = net.segment(query, mem_key, mem_value, top_k=2)
+        everything = net.segment(query, mem_key, mem_value, top_k=n)
+    assert not torch.allclose(full, top, atol=1e-4)
+    torch.testing.assert_close(full, everything, atol=1e-5, rtol=0)
+
+
+def test_attention_transfer_one_w_for_all_channels(stcn_eval, monkeypatch):
+    net, query, mem_key, _ = stcn_eval
+    torch.manual_seed(7)
+    diff = torch.rand(1, 6, 64, 64)  # D+ and D- of K+1 = 3 channels
+    key_m = mem_key[:, :, 0]  # 1 x CK x h x w, the interacted frame
+    calls = _count_affinities(monkeypatch)
+    with torch.no_grad():
+        attn = net.attention_transfer(key_m, query.key, diff)
+    assert len(calls) == 1 and attn.shape == diff.shape
+    assert attn.min() >= 0 and attn.max() <= 1
+    monkeypatch.undo()
+    # from the definition: W = softmax over memory of the L2 affinity, A = d W, bilinear up
+    w = torch.softmax(affinity(key_m.flatten(2), query.key.flatten(2), "l2"), dim=1)[0]
+    small = nn.functional.interpolate(diff, size=(4, 4), mode="area").flatten(2)[0]
+    expected = nn.functional.interpolate((small @ w).view(1, 6, 4, 4), size=(64, 64),
+                                         mode="bilinear", align_corners=False)
+    torch.testing.assert_close(attn, expected, atol=1e-6, rtol=0)
