@@ -10,7 +10,15 @@ Stages (``--stage``):
 The propagation checkpoint (``--prop-model``, multi-object) provides the frozen encoders and
 key projections of the attention reader; its decoder tensors are ignored. The fusion data is
 made beforehand with ``python -m dataset.generate_fusion`` (with ``--data synthetic`` this
-script generates both the videos and their fusion data, cached under ``--data-root``).
+script generates both the videos and their fusion data, cached under ``--data-root``, unless
+``--fusion-root`` names fusion data of those videos).
+
+``--arch stcn``: ``--prop-model`` is an STCN propagation network (``python -m model.checkpoint
+--kind propagation-stcn``); the attention reader is its frozen key encoder + ``key_proj``, with
+one L2 affinity for both objects (REFERENCE.md j.2), AMP ``auto`` and checkpoints
+``fusion_stcn_<stage>_*.pth``. The fusion data generator does not run STCN yet: give fusion data
+made with ``dataset.generate_fusion`` (e.g. from a MiVOS propagation model) with
+``--fusion-root``, also with ``--data synthetic``.
 
 Examples::
 
@@ -23,6 +31,10 @@ Examples::
         --output ../fusion_data/bl/run0 --range 25
     torchrun --nproc_per_node 2 train_fusion.py --stage s0 --prop-model propagation_model.pth \\
         --video-root ../BL30K --fusion-root ../fusion_data/bl --output runs/fusion_s0
+
+    # STCN: fusion data from any propagation model, attention from the STCN network
+    python train_fusion.py --arch stcn --stage s0 --prop-model stcn.pth --video-root ../BL30K \\
+        --fusion-root ../fusion_data/bl --output runs/fusion_stcn_s0
 
 Output: ``<output>/<name>_<it>.pth`` / ``<name>_final.pth`` (plain FusionNet state dicts:
 ``python -m model.checkpoint --kind fusion --preset P FILE``), ``<name>_checkpoint.pth``
@@ -125,7 +137,20 @@ def build_dataset(cfg, info, device: torch.device):
 
     subset = None
     if cfg.data == "synthetic":
-        video_root, fusion_root = synthetic_fusion_data(cfg, info, device)
+        if cfg.fusion_root:
+            from util.trainer import synthetic_video_root
+
+            video_root = synthetic_video_root(cfg.synthetic_root(), cfg.synthetic_preset,
+                                              cfg.seed, info)
+            fusion_root = Path(cfg.fusion_root)
+        elif cfg.arch == "stcn":
+            raise ConfigError(
+                "--arch stcn --data synthetic needs --fusion-root DIR: the fusion data "
+                "generator does not run STCN networks yet; make the data with python -m "
+                "dataset.generate_fusion (e.g. from a MiVOS propagation model) for the "
+                f"synthetic videos under {cfg.synthetic_root() / cfg.synthetic_preset}")
+        else:
+            video_root, fusion_root = synthetic_fusion_data(cfg, info, device)
         subset = video_root / "ImageSets" / "2017" / "train.txt"
     else:
         default_video = "BL30K" if cfg.stage == "s0" else "DAVIS/2017/trainval"
@@ -144,7 +169,7 @@ def build_wrapper(cfg, ctx):
     """FusionNet (initialised from ``--load`` unless resuming) + the frozen attention reader."""
     from model.checkpoint import load_weights
     from model.presets import build_fusion, get_preset
-    from model.train_wrappers import AttentionReader, FusionTrainWrapper
+    from model.train_wrappers import AttentionReader, FusionTrainWrapper, STCNAttentionReader
     from util.config import ConfigError
 
     if cfg.imagenet:
@@ -153,7 +178,10 @@ def build_wrapper(cfg, ctx):
     fusion = build_fusion(cfg.preset)
     if ctx.resume_path is None and cfg.load:
         load_weights(fusion, cfg.load, strict=True)
-    reader = AttentionReader(get_preset(cfg.preset).propagation)
+    if cfg.arch == "stcn":
+        reader = STCNAttentionReader(get_preset(cfg.preset).stcn)
+    else:
+        reader = AttentionReader(get_preset(cfg.preset).propagation)
     reader.load_from_propagation(cfg.prop_model)
     return FusionTrainWrapper(fusion, reader)
 

@@ -15,6 +15,13 @@ restarts at 0); loading single-object s0 weights into the multi-object network w
 memory-encoder stem from 4 to 5 channels (the new "others" slice orthogonally initialised).
 The networks stay in eval mode for BatchNorm (frozen statistics, affine parameters train).
 
+``--arch stcn`` trains the STCN network (``model.stcn``, REFERENCE.md j.1) on the same data,
+loss and curriculum with STCN's recipe: s0 batch 8, 300K iterations, LR step 150K; s1 500K /
+400K; s2 (after s1) 300K / 250K; s02 (after s0) 150K / 125K; LR 1e-5; AMP ``auto`` (fp16 on
+CUDA, bf16 only on a CPU with native bf16); checkpoints ``stcn_<stage>_*.pth``, checked with
+``python -m model.checkpoint --kind propagation-stcn``. The key encoder is initialised by
+``--imagenet`` (ResNet-50), the value encoder by ``--imagenet-value`` (ResNet-18).
+
 Examples::
 
     # CPU smoke runs on generated data (lite network)
@@ -25,6 +32,10 @@ Examples::
     # the paper's stage 1 on 2 GPUs
     torchrun --nproc_per_node 2 train_prop.py --stage s1 --bl30k-root ../BL30K \\
         --load runs/s0/prop_s0_final.pth --output runs/s1
+
+    # STCN, lite, on generated data
+    python train_prop.py --arch stcn --preset lite --data synthetic --stage s0 --iterations 200 \\
+        --output runs/stcn0
 
 Output: ``<output>/<name>_<it>.pth`` / ``<name>_final.pth`` (plain state dicts),
 ``<name>_checkpoint.pth`` (resumable: ``--resume auto``), ``config.json``, ``train.log``,
@@ -163,13 +174,26 @@ def curriculum(cfg, data) -> Any:
 
 
 def build_network(cfg, ctx):
-    """PropagationNetwork with the requested initialisation (skipped when resuming)."""
-    from model.presets import build_propagation
+    """The ``--arch`` propagation network with the requested initialisation (skipped when
+    resuming)."""
+    from model.presets import build_propagation, get_preset
     from model.train_wrappers import load_propagation_weights
+    from util.config import ConfigError
 
-    net = build_propagation(cfg.preset, single_object=cfg.single_object)
+    net = build_propagation(cfg.preset, single_object=cfg.single_object, arch=cfg.arch)
     if ctx.resume_path is None:
-        if cfg.imagenet:
+        if cfg.arch == "stcn" and (cfg.imagenet or cfg.imagenet_value):
+            widths = get_preset(cfg.preset).stcn
+            value_file = cfg.imagenet_value
+            if value_file is None and widths.value_backbone == widths.key_backbone:
+                value_file = cfg.imagenet
+            if not cfg.imagenet or not value_file:
+                raise ConfigError(
+                    f"--arch stcn --preset {cfg.preset}: --imagenet FILE initialises the key "
+                    f"encoder ({widths.key_backbone}) and --imagenet-value FILE the value encoder "
+                    f"({widths.value_backbone}); give both")
+            net.load_imagenet_weights(cfg.imagenet, value_file)
+        elif cfg.imagenet:
             net.load_imagenet_weights(cfg.imagenet)
         if cfg.load:
             load_propagation_weights(net, cfg.load)
@@ -178,7 +202,8 @@ def build_network(cfg, ctx):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train one propagation stage; 0 on success, 2 for bad input (message names it)."""
-    from model.train_wrappers import PropagationTrainWrapper
+    from model.presets import PROPAGATION_KINDS
+    from model.train_wrappers import PropagationTrainWrapper, STCNTrainWrapper
     from util.config import PropTrainConfig
     from util.trainer import TrainingParts, run_training
 
@@ -190,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         def configure(data) -> None:
             data.on_epoch = curriculum(cfg, data)
 
-        wrapper = PropagationTrainWrapper(net, cfg.batchnorm)
+        wrapper_cls = STCNTrainWrapper if cfg.arch == "stcn" else PropagationTrainWrapper
+        wrapper = wrapper_cls(net, cfg.batchnorm)
         if cfg.batchnorm == "train" and cfg.sync_bn:
             wrapper = sync_batchnorm(wrapper, ctx.dist, ctx.device)
             net = wrapper.net
@@ -202,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = ctx.config
         if cfg.single_object and ctx.dist.is_main:
             logger.info("single-object weights: check them with python -m model.checkpoint "
-                        "--kind propagation --single-object --preset %s FILE", cfg.preset)
+                        "--kind %s --single-object --preset %s FILE",
+                        PROPAGATION_KINDS[cfg.arch], cfg.preset)
 
     return run_training(PropTrainConfig, argv, prog="train_prop.py", description=DESCRIPTION,
                         build=build, after=after)

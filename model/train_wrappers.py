@@ -17,6 +17,10 @@ first) that the bootstrapped cross-entropy is computed on (REFERENCE.md f.1).
   propagation network; aligns the differences D+ / D- of the second reference frame to the
   target frame with a full-softmax affinity (:meth:`PropagationNetwork.attention_transfer`).
 * :class:`FusionTrainWrapper` (REFERENCE.md c.4): FusionNet per object, selector, wbg aggregation.
+* :class:`STCNTrainWrapper` / :class:`STCNAttentionReader` (REFERENCE.md j): the same two
+  roles for the STCN propagation network (:mod:`model.stcn`): one key per frame shared by the
+  objects, values per object; the reader holds only the frozen key encoder and ``key_proj`` and
+  aligns the differences of both objects with one affinity.
 
 Images given to the wrappers are ImageNet-normalised (``util.tensor_util.normalize_image``)
 and their H, W are multiples of 16.
@@ -40,8 +44,14 @@ from model.checkpoint import (
 )
 from model.fusion import FusionNet
 from model.losses import BootstrappedCE, compute_iou, per_sample_bootstrapped_ce
-from model.propagation import PropagationConfig, PropagationNetwork, QueryFeatures
+from model.propagation import (
+    PropagationConfig,
+    PropagationNetwork,
+    QueryEncoder,
+    QueryFeatures,
+)
 from model.s2m import S2M
+from model.stcn import KeyProjection, STCNConfig, STCNNetwork, align_differences
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,8 @@ __all__ = [
     "FusionTrainWrapper",
     "FusionOutput",
     "fusion_loss",
+    "STCNTrainWrapper",
+    "STCNAttentionReader",
 ]
 
 MEMORY_STEM = "mask_rgb_encoder.conv1.weight"
@@ -256,24 +268,26 @@ def propagation_loss(criterion: BootstrappedCE, out: PropagationOutput, cls_gt: 
     return total, scalars
 
 
-def load_propagation_weights(net: PropagationNetwork, path: str | os.PathLike,
+def load_propagation_weights(net: PropagationNetwork | STCNNetwork, path: str | os.PathLike,
                              extra_channel_init: str = "orthogonal") -> None:
     """Load propagation weights strictly, widening a single-object (4-channel) memory-encoder
-    stem to the network's 5 channels when needed (stage 0 -> stages 1/2; the appended
-    "others" slice is initialised by :func:`model.backbone.adapt_input_conv`).
+    stem (STCN: value-encoder stem) to the network's 5 channels when needed (stage 0 ->
+    stages 1/2; the appended "others" slice is initialised by
+    :func:`model.backbone.adapt_input_conv`).
 
     Raises :class:`model.checkpoint.CheckpointMismatchError` for any other difference.
     """
     state = load_state_dict_file(path)
     reference = net.state_dict()
-    stem = state.get(MEMORY_STEM)
-    want = reference.get(MEMORY_STEM)
+    stem_key = getattr(net, "MEMORY_STEM_KEY", MEMORY_STEM)
+    stem = state.get(stem_key)
+    want = reference.get(stem_key)
     if stem is not None and want is not None and stem.shape != want.shape:
         if stem.shape[1] < want.shape[1] and stem.shape[0] == want.shape[0]:
             state = dict(state)
-            state[MEMORY_STEM] = adapt_input_conv(stem, want.shape[1], extra_channel_init)
+            state[stem_key] = adapt_input_conv(stem, want.shape[1], extra_channel_init)
             logger.info("%s: widened %s from %d to %d input channels (%s)", os.fspath(path),
-                        MEMORY_STEM, stem.shape[1], want.shape[1], extra_channel_init)
+                        stem_key, stem.shape[1], want.shape[1], extra_channel_init)
     result = compare_state_dicts(state, reference)
     missing = [k for k in result.missing if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected or result.shape_mismatch:
@@ -367,9 +381,10 @@ class FusionOutput:
 
 
 class FusionTrainWrapper(nn.Module):
-    """Fusion training forward (REFERENCE.md c.4) with a frozen :class:`AttentionReader`."""
+    """Fusion training forward (REFERENCE.md c.4) with a frozen :class:`AttentionReader` (or
+    :class:`STCNAttentionReader`)."""
 
-    def __init__(self, fusion: FusionNet, reader: AttentionReader):
+    def __init__(self, fusion: FusionNet, reader: AttentionReader | STCNAttentionReader):
         super().__init__()
         self.fusion = fusion
         self.reader = reader
@@ -407,3 +422,122 @@ def fusion_loss(criterion: BootstrappedCE, out: FusionOutput, cls_gt: torch.Tens
     loss, p = per_sample_bootstrapped_ce(criterion, out.agg_logits, cls_gt, it, selector)
     iou = compute_iou(out.agg_logits.argmax(dim=1) == 1, cls_gt == 1)
     return loss, {"p": p, "iou": iou}
+
+
+# ============================================================================ STCN
+
+
+class STCNTrainWrapper(PropagationTrainWrapper):
+    """Three-frame unrolled forward of the STCN network (REFERENCE.md j.1, f.2).
+
+    All three frames go through the key encoder once (keys do not depend on masks, so a memory
+    frame's key is its query key). Frame 0 is memorised with its ground-truth soft masks,
+    frame 1 segmented (full softmax, one affinity for all objects), memorised with its
+    predicted, aggregated and **not detached** probabilities, frame 2 segmented from frames 0
+    and 1. Objects, selector, BatchNorm modes and the output are those of
+    :class:`PropagationTrainWrapper` (same :func:`propagation_loss`).
+    """
+
+    def __init__(self, net: STCNNetwork, batchnorm: str = "frozen"):
+        super().__init__(net, batchnorm)  # type: ignore[arg-type]
+
+    def forward(self, frames: torch.Tensor, gt: torch.Tensor, sec_gt: torch.Tensor | None = None,
+                selector: torch.Tensor | None = None) -> PropagationOutput:
+        """frames: B x 3 x 3 x H x W normalised; gt: B x 3 x 1 x H x W target-object masks in
+        [0, 1] (only frame 0 is used as input); sec_gt: B x 3 x 1 x H x W second object
+        (multi-object networks; None = no second object); selector: B x 2 ([1, 1] or [1, 0]).
+        """
+        b, t = frames.shape[:2]
+        if t != 3:
+            raise ValueError(f"expected 3 frames per clip, got {t}")
+        net = self.net
+        feats = net.encode_key(frames.flatten(0, 1))  # (B*3) x ...
+        f0, f1, f2 = (feats.map(lambda x, i=i: x.view(b, 3, *x.shape[1:])[:, i])
+                      for i in range(3))
+
+        if net.single_object:
+            masks0 = gt[:, 0]  # B x 1 x H x W
+            sel = None
+        else:
+            if sec_gt is None:
+                sec_gt = torch.zeros_like(gt)
+            if selector is None:
+                selector = gt.new_tensor([1.0, 0.0]).expand(b, 2)
+            sel = selector
+            masks0 = torch.cat([gt[:, 0], sec_gt[:, 0]], dim=1)  # B x 2 x H x W
+
+        def aggregated(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            prob = torch.sigmoid(logits.float())  # B x K x H x W
+            if sel is not None:
+                prob = prob * sel.to(prob.dtype)[:, :, None, None]
+            return aggregate(prob, dim=1, return_logits=True)
+
+        # frame 1 from frame 0 (full softmax); the others masks are the direct sums
+        v0 = net.encode_value(frames[:, 0], f0.f16, masks0)  # B x K x CV x h x w
+        agg_logits1, agg1 = aggregated(net.segment(f1, f0.key.unsqueeze(2), v0.unsqueeze(3)))
+
+        # memorise frame 1 with its own (aggregated, not detached) prediction
+        v1 = net.encode_value(frames[:, 1], f1.f16, agg1[:, 1:])
+
+        # frame 2 from frames 0 and 1
+        mem_k = torch.stack([f0.key, f1.key], dim=2)  # B x CK x 2 x h x w
+        mem_v = torch.stack([v0, v1], dim=3)  # B x K x CV x 2 x h x w
+        agg_logits2, agg2 = aggregated(net.segment(f2, mem_k, mem_v))
+        return PropagationOutput(logits=(agg_logits1, agg_logits2), prob=(agg1, agg2))
+
+
+class STCNAttentionReader(nn.Module):
+    """Frozen STCN key encoder + ``key_proj`` aligning interaction differences (REFERENCE.md
+    j.2): one L2 affinity between the second reference frame and the target frame (full
+    softmax over memory positions) serves both objects and both signs.
+
+    Same call as :class:`AttentionReader`; parameters have ``requires_grad=False`` and the
+    module stays in eval mode (the fusion wrapper calls ``reader.eval()``).
+    """
+
+    KEPT = ("key_encoder.", "key_proj.")
+    IGNORED = ("value_encoder.", "key_comp.", "decoder.")
+
+    def __init__(self, config: STCNConfig | None = None):
+        super().__init__()
+        self.config = config or STCNConfig()
+        self.memory_budget = self.config.memory_budget
+        self.key_encoder = QueryEncoder(self.config.key_backbone)
+        self.key_proj = KeyProjection(self.key_encoder.out_channels[-1], self.config.key_dim)
+        self.requires_grad_(False)
+        self.eval()
+
+    def load_from_propagation(self, path: str | os.PathLike) -> None:
+        """Load ``key_encoder.*`` and ``key_proj.*`` from an STCN propagation checkpoint
+        (single- or multi-object); its value encoder, ``key_comp`` and decoder are ignored.
+        Any other difference raises :class:`model.checkpoint.CheckpointMismatchError`."""
+        state = load_state_dict_file(path)
+        kept = {k: v for k, v in state.items() if not k.startswith(self.IGNORED)}
+        dropped = len(state) - len(kept)
+        reference = self.state_dict()
+        result = compare_state_dicts(kept, reference)
+        missing = [k for k in result.missing if not k.endswith("num_batches_tracked")]
+        if missing or result.unexpected or result.shape_mismatch:
+            raise CheckpointMismatchError(path, missing, result.unexpected, result.shape_mismatch)
+        kept = {**{k: reference[k] for k in result.missing}, **kept}
+        self.load_state_dict(kept, strict=True)
+        logger.info("STCN attention reader: loaded %d tensors from %s (%d value-encoder / "
+                    "key_comp / decoder tensors ignored)", len(kept), os.fspath(path), dropped)
+
+    @torch.no_grad()
+    def forward(self, ref_image: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
+                target_image: torch.Tensor) -> torch.Tensor:
+        """Aligned differences [A+, A-] of two objects.
+
+        ref_image: B x 3 x H x W (normalised) second reference frame; before / after:
+        B x 2 x H x W masks of the two objects at that frame before (propagated) and after
+        (ground truth) the interaction; target_image: B x 3 x H x W (normalised).
+        Returns B x 2 (objects) x 2 ([A+, A-]) x H x W in [0, 1].
+        """
+        b = ref_image.shape[0]
+        diff = after - before
+        keys = self.key_proj(self.key_encoder(torch.cat([ref_image, target_image], dim=0))[0])
+        # B x 4 x H x W: [D+ object 1, D- object 1, D+ object 2, D- object 2], one W for all
+        d = torch.stack([diff.clamp(0, 1), (-diff).clamp(0, 1)], dim=2).flatten(1, 2)
+        attn = align_differences(keys[:b], keys[b:], d, self.memory_budget)
+        return attn.view(b, 2, 2, *attn.shape[-2:])

@@ -1,26 +1,47 @@
 """STCN propagation (model/stcn.py, REFERENCE.md j): checkpoint layout, forward / backward, the L2
-memory read, one affinity shared by all objects, top-k and the single-object variant."""
+memory read, one affinity shared by all objects, top-k, the single-object variant, and the STCN
+trainers (train_prop.py / train_fusion.py --arch stcn) on generated data."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 import model.memory as memory
+import train_fusion
+import train_prop
 from model import checkpoint as ckpt_cli
-from model.checkpoint import count_parameters, load_weights, save_weights
+from model.checkpoint import CheckpointMismatchError, count_parameters, load_weights, save_weights
 from model.memory import affinity, read_memory
 from model.presets import (
     PROPAGATION_ARCHS,
     PROPAGATION_KINDS,
     build_propagation,
     build_stcn,
+    get_preset,
 )
 from model.stcn import STCN_TOP_K, STCNNetwork, STCNQueryFeatures
+from model.train_wrappers import (
+    STCNAttentionReader,
+    STCNTrainWrapper,
+    load_propagation_weights,
+    propagation_loss,
+)
 from tests.test_checkpoint import last_line, random_state, read_manifest
+from util.config import (
+    ConfigError,
+    FusionTrainConfig,
+    PropTrainConfig,
+    auto_amp,
+    config_from_dict,
+    config_to_dict,
+    resolve_config,
+)
 
 STCN_PARAMS = 54_434_180
 STCN_TENSORS = 405
@@ -376,3 +397,241 @@ def test_attention_transfer_one_w_for_all_channels(stcn_eval, monkeypatch):
     expected = nn.functional.interpolate((small @ w).view(1, 6, 4, 4), size=(64, 64),
                                          mode="bilinear", align_corners=False)
     torch.testing.assert_close(attn, expected, atol=1e-6, rtol=0)
+
+
+# ============================================================================ training pieces
+
+
+def test_train_wrapper_forward_backward_and_loss():
+    torch.manual_seed(8)
+    net = build_stcn("lite")
+    wrapper = STCNTrainWrapper(net, "train")
+    wrapper.train_mode()
+    frames = torch.randn(2, 3, 3, 64, 64)
+    gt = (torch.rand(2, 3, 1, 64, 64) > 0.6).float()
+    sec = (torch.rand(2, 3, 1, 64, 64) > 0.6).float() * (1 - gt)
+    selector = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    sec = sec * selector[:, 1].view(2, 1, 1, 1, 1)
+    out = wrapper(frames, gt, sec, selector)
+    assert [t.shape for t in out.logits] == [(2, 3, 64, 64)] * 2
+    torch.testing.assert_close(out.prob[0].sum(1), torch.ones(2, 64, 64))
+    cls = (gt[:, :, 0] + 2 * sec[:, :, 0]).long()
+    from model.losses import BootstrappedCE
+
+    loss, scalars = propagation_loss(BootstrappedCE(10, 20, 0.15), out, cls, 0, selector)
+    loss.backward()
+    assert torch.isfinite(loss) and {"loss_f1", "loss_f2", "iou"} <= set(scalars)
+    _grads_everywhere(net)
+
+
+def test_train_wrapper_memorises_frame_1_with_its_prediction(monkeypatch):
+    torch.manual_seed(9)
+    net = build_stcn("lite", single_object=True)
+    wrapper = STCNTrainWrapper(net, "frozen")
+    wrapper.train_mode()
+    assert all(not m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    masks_seen = []
+    real = net.encode_value
+
+    def spy(image, f16, masks, others=None):
+        masks_seen.append(masks)
+        return real(image, f16, masks, others)
+
+    monkeypatch.setattr(net, "encode_value", spy)
+    frames = torch.randn(1, 3, 3, 64, 64)
+    gt = (torch.rand(1, 3, 1, 64, 64) > 0.5).float()
+    out = wrapper(frames, gt)
+    assert len(masks_seen) == 2
+    assert torch.equal(masks_seen[0], gt[:, 0])
+    assert masks_seen[1].requires_grad  # not detached
+    torch.testing.assert_close(masks_seen[1], out.prob[0][:, 1:])
+
+
+def test_stage0_weights_widen_into_multi_object_network(tmp_path):
+    torch.manual_seed(10)
+    s0 = build_stcn("lite", single_object=True)
+    path = tmp_path / "s0.pth"
+    save_weights(s0, path)
+    net = build_stcn("lite")
+    load_propagation_weights(net, path)
+    stem = net.value_encoder.conv1.weight
+    assert torch.equal(stem[:, :4], s0.value_encoder.conv1.weight)
+    assert stem[:, 4].abs().sum() > 0  # the "others" slice, orthogonally initialised
+    with pytest.raises(CheckpointMismatchError):
+        load_propagation_weights(build_propagation("lite"), path)
+
+
+def test_attention_reader_loads_keys_only_and_shares_w(tmp_path, monkeypatch):
+    torch.manual_seed(11)
+    net = build_stcn("lite").eval()
+    path = tmp_path / "stcn.pth"
+    save_weights(net, path)
+    reader = STCNAttentionReader(get_preset("lite").stcn)
+    reader.load_from_propagation(path)
+    assert all(not p.requires_grad for p in reader.parameters())
+    assert set(reader.state_dict()) == {k for k in net.state_dict()
+                                        if k.startswith(("key_encoder.", "key_proj."))}
+    ref, target = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    before, after = torch.rand(2, 2, 64, 64), (torch.rand(2, 2, 64, 64) > 0.5).float()
+    calls = _count_affinities(monkeypatch)
+    attn = reader(ref, before, after, target)
+    assert len(calls) == 1 and calls[0][0] == 2  # one block for both objects and signs
+    monkeypatch.undo()
+    assert attn.shape == (2, 2, 2, 64, 64) and attn.min() >= 0 and attn.max() <= 1
+    with torch.no_grad():
+        keys_r, keys_t = net.encode_key(ref).key, net.encode_key(target).key
+        d = after - before
+        for o in range(2):
+            expected = net.attention_transfer(keys_r, keys_t, torch.stack(
+                [d[:, o].clamp(0, 1), (-d[:, o]).clamp(0, 1)], dim=1))
+            torch.testing.assert_close(attn[:, o], expected, atol=1e-5, rtol=0)
+    # a MiVOS propagation file is refused
+    mivos = tmp_path / "mivos.pth"
+    save_weights(build_propagation("lite"), mivos)
+    with pytest.raises(CheckpointMismatchError):
+        reader.load_from_propagation(mivos)
+
+
+# ============================================================================ configs
+
+
+def test_stcn_stage_presets_follow_the_spec():
+    expected = {"s0": (8, 300_000, (150_000,)), "s1": (4, 500_000, (400_000,)),
+                "s2": (4, 300_000, (250_000,)), "s02": (4, 150_000, (125_000,))}
+    for stage, (batch, iterations, steps) in expected.items():
+        mivos = PropTrainConfig.for_stage(stage)
+        cfg = mivos.for_arch("stcn")
+        assert (cfg.arch, cfg.batch_size, cfg.iterations, cfg.lr_steps) == (
+            "stcn", batch, iterations, steps)
+        assert (cfg.lr, cfg.start_warm, cfg.end_warm, cfg.curriculum_fractions,
+                cfg.single_object, cfg.amp, cfg.name) == (
+            1e-5, 20_000, 70_000, mivos.curriculum_fractions, mivos.single_object, "auto",
+            f"stcn_{stage}")
+    assert PropTrainConfig.for_stage("s1").for_arch("mivos") == PropTrainConfig.for_stage("s1")
+    f = FusionTrainConfig.for_stage("s1").for_arch("stcn")
+    assert (f.amp, f.name, f.iterations, f.lr) == ("auto", "fusion_stcn_s1", 10_000, 1e-4)
+
+
+def test_cli_resolves_stcn_recipe_and_auto_amp(monkeypatch, tmp_path):
+    import util.config as config
+
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)
+    cfg, _ = resolve_config(PropTrainConfig, ["--arch", "stcn", "--stage", "s1", "--iterations",
+                                              "1000", "--output", "o", "--device", "cpu"])
+    assert cfg.amp == "none"  # never bf16 autocast on a CPU without native bf16
+    assert cfg.lr_steps == (800,) and cfg.name == "stcn_s1"  # 400K of 500K, scaled
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
+    cfg, _ = resolve_config(PropTrainConfig, ["--arch", "stcn", "--preset", "lite", "--output",
+                                              "o", "--device", "cpu"])
+    assert (cfg.amp, cfg.batch_size, cfg.crop_size, cfg.stage) == ("bf16", 4, 96, "s0")
+    assert auto_amp("cuda:0") == "fp16"
+    explicit, _ = resolve_config(PropTrainConfig, ["--arch", "stcn", "--amp", "none",
+                                                   "--output", "o"])
+    assert explicit.amp == "none"
+    mivos, _ = resolve_config(PropTrainConfig, ["--output", "o", "--device", "cpu"])
+    assert mivos.amp == "none" and mivos.arch == "mivos"
+    assert config_from_dict(PropTrainConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+    with pytest.raises(ConfigError, match="imagenet-value"):
+        resolve_config(PropTrainConfig, ["--imagenet-value", "x.pth", "--output", "o"])
+
+
+def test_cpu_bf16_detection(monkeypatch):
+    import util.config as config
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert config.cpu_has_native_bf16() is False
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert config.cpu_has_native_bf16() is False
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    assert config.cpu_has_native_bf16() is True
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_amp(None) == "none"
+
+
+# ============================================================================ trainers
+
+
+def common_args(data_root: Path) -> list[str]:
+    return ["--preset", "lite", "--data", "synthetic", "--data-root", str(data_root),
+            "--synthetic-preset", "tiny", "--synthetic-static-count", "6",
+            "--synthetic-static-size", "96", "--crop-size", "64", "--batch-size", "2",
+            "--num-workers", "0", "--no-progress", "--no-tensorboard", "--image-interval", "0",
+            "--log-interval", "1"]
+
+
+def check_cli(path: Path, *extra: str, kind: str = KIND) -> int:
+    return ckpt_cli.main(["--kind", kind, "--preset", "lite", *extra, str(path)])
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stcn_data")
+
+
+@pytest.fixture(scope="module")
+def stcn_s0(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stcn_s0")
+    assert train_prop.main(common_args(data_root) + ["--arch", "stcn", "--stage", "s0",
+                                                     "--iterations", "2",
+                                                     "--output", str(out)]) == 0
+    return out / "stcn_s0_final.pth"
+
+
+@pytest.fixture(scope="module")
+def stcn_s2(data_root, stcn_s0, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stcn_s2")
+    assert train_prop.main(common_args(data_root) + [
+        "--arch", "stcn", "--stage", "s2", "--iterations", "2", "--load", str(stcn_s0),
+        "--output", str(out)]) == 0
+    return out / "stcn_s2_final.pth"
+
+
+def test_train_prop_stcn_stages_and_checkpoint_kinds(stcn_s0, stcn_s2):
+    assert check_cli(stcn_s0, "--single-object") == 0
+    assert check_cli(stcn_s0) == 1  # 4-channel value encoder: needs --single-object
+    assert check_cli(stcn_s2) == 0
+    assert check_cli(stcn_s2, kind="propagation") == 1
+    s0 = torch.load(stcn_s0, weights_only=True)["value_encoder.conv1.weight"]
+    s2 = torch.load(stcn_s2, weights_only=True)["value_encoder.conv1.weight"]
+    assert s0.shape[1] == 4 and s2.shape[1] == 5
+    cfg = json.loads((stcn_s2.parent / "config.json").read_text())
+    assert cfg["arch"] == "stcn" and cfg["amp"] in ("none", "bf16")  # resolved, never "auto"
+    state = torch.load(stcn_s2.parent / "stcn_s2_checkpoint.pth", weights_only=True)
+    assert state["iteration"] == 2
+
+
+def test_train_prop_stcn_imagenet_flags(tmp_path):
+    from types import SimpleNamespace
+
+    cfg, _ = resolve_config(PropTrainConfig, ["--arch", "stcn", "--output", str(tmp_path),
+                                              "--imagenet", str(tmp_path / "r50.pth")])
+    with pytest.raises(ConfigError, match="imagenet-value"):
+        train_prop.build_network(cfg, SimpleNamespace(resume_path=None))
+
+
+def test_train_fusion_stcn(data_root, stcn_s2, tmp_path, capsys):
+    from dataset.generate_fusion import generate_fusion_data
+
+    # fusion data of the synthetic videos from a (random) MiVOS-architecture network: the
+    # generator does not run STCN yet
+    torch.manual_seed(12)
+    mivos = tmp_path / "mivos_lite.pth"
+    save_weights(build_propagation("lite"), mivos)
+    videos = data_root / "synthetic" / "tiny"
+    run = tmp_path / "fusion_run"
+    generate_fusion_data(videos, mivos, run, preset="lite", separation=3, range_=3,
+                         max_videos=2, device="cpu", progress=False)
+    out = tmp_path / "fusion"
+    args = common_args(data_root) + ["--arch", "stcn", "--iterations", "2",
+                                     "--prop-model", str(stcn_s2)]
+    assert train_fusion.main(args + ["--fusion-root", str(run), "--output", str(out)]) == 0
+    assert check_cli(out / "fusion_stcn_s0_final.pth", kind="fusion") == 0
+    capsys.readouterr()
+    # without fusion data, or with a MiVOS propagation model: a clear error, exit 2
+    assert train_fusion.main(args + ["--output", str(tmp_path / "f2")]) == 2
+    assert "--fusion-root" in capsys.readouterr().err
+    bad = common_args(data_root) + ["--arch", "stcn", "--iterations", "2", "--prop-model",
+                                    str(mivos), "--fusion-root", str(run)]
+    assert train_fusion.main(bad + ["--output", str(tmp_path / "f3")]) == 2
+    assert "mivos_lite.pth" in capsys.readouterr().err

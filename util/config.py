@@ -6,7 +6,8 @@ in its metadata; :func:`build_parser` turns the fields into ``--flags`` and :fun
 combines, in this order:
 
 1. the **stage preset** (a named constructor, e.g. ``PropTrainConfig.s1()``) chosen by
-   ``--stage`` (or the stage stored in ``--config FILE.json``);
+   ``--stage`` (or the stage stored in ``--config FILE.json``), adapted to the propagation
+   architecture's recipe by :meth:`TrainConfig.for_arch` (``--arch stcn``: REFERENCE.md j.1);
 2. the **lite** training defaults (smaller crops and batches) when ``--preset lite``;
 3. the fields of ``--config FILE.json`` (a saved ``config.json`` of an earlier run);
 4. the flags given on the command line (only those actually given).
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from model.presets import PROPAGATION_ARCHS
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,9 +56,11 @@ __all__ = [
     "save_config",
     "load_config_file",
     "AMP_MODES",
+    "auto_amp",
+    "cpu_has_native_bf16",
 ]
 
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "bf16", "fp16", "auto")
 DATA_SOURCES = ("real", "synthetic")
 ARCH_PRESETS = ("mivos", "lite")
 
@@ -142,7 +147,10 @@ class TrainConfig:
     grad_clip: float | None = opt(None, "clip the global gradient norm to this value (none = "
                                   "no clipping)", metavar="NORM")
     amp: str = opt("none", "mixed precision: none, bf16 (autocast) or fp16 (autocast + "
-                   "GradScaler on CUDA). The reference trains in fp32", choices=AMP_MODES)
+                   "GradScaler on CUDA); auto = fp16 on CUDA, bf16 on a CPU with native bf16 "
+                   "(AVX512_BF16 or AMX), else none (decided for the --device; the resolved "
+                   "mode is what config.json records). The MiVOS reference trains in fp32, "
+                   "STCN with AMP", choices=AMP_MODES)
 
     # ---- initialisation / resuming
     load: str | None = opt(None, "load network weights only (previous stage or official "
@@ -192,6 +200,11 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown stage {stage!r} for {cls.__name__}; valid: {', '.join(cls.STAGES)}")
         return getattr(cls, cls.STAGES[stage])()
+
+    def for_arch(self: C, arch: str | None) -> C:
+        """The recipe of propagation architecture ``arch`` for this stage (None or "mivos":
+        unchanged). Only trainers with an ``arch`` field override it."""
+        return self
 
     def lite(self: C) -> C:
         """Training defaults for the lite preset (overridden by subclasses)."""
@@ -308,8 +321,15 @@ class S2MTrainConfig(TrainConfig):
 @dataclass
 class PropTrainConfig(TrainConfig):
     """Propagation training (REFERENCE.md f.2): stages s0 (static), s1 (BL30K), s2 (DAVIS + YouTubeVOS),
-    s02 (s2 after s0, 300K iterations)."""
+    s02 (s2 after s0, 300K iterations). ``--arch stcn`` trains the STCN network with its recipe
+    (:meth:`for_arch`)."""
 
+    arch: str = opt("mivos", "propagation architecture: 'mivos' (MiVOS's STM-style network, "
+                    "checkpoint kind 'propagation') or 'stcn' (shared key encoder, L2 affinity; "
+                    "kind 'propagation-stcn'). 'stcn' also selects the STCN recipe: s0 batch 8, "
+                    "300K iterations, LR step 150K; s1 500K / 400K; s2 (after s1) 300K / 250K; "
+                    "s02 (after s0) 150K / 125K; AMP auto; checkpoints stcn_<stage>",
+                    choices=PROPAGATION_ARCHS)
     single_object: bool = opt(False, "single-object network with a 4-channel memory encoder "
                               "(stage s0). Its weights are checked with "
                               "'python -m model.checkpoint --kind propagation --single-object'")
@@ -353,6 +373,10 @@ class PropTrainConfig(TrainConfig):
                          "(default of --preset lite)", choices=("frozen", "train"))
     sync_bn: bool = opt(True, "with --batchnorm train: SyncBatchNorm under DDP (CUDA only; "
                         "per-process BatchNorm on CPU)")
+    imagenet_value: str | None = opt(None, "--arch stcn: local torchvision-format ImageNet "
+                                     "ResNet-18 state dict for the value encoder (--imagenet "
+                                     "initialises the key encoder; it serves both when their "
+                                     "depths are equal, as with --preset lite)", metavar="FILE")
 
     STAGES: ClassVar[dict[str, str]] = {"s0": "s0", "s1": "s1", "s2": "s2", "s02": "s02"}
     DEFAULT_STAGE: ClassVar[str] = "s0"
@@ -393,11 +417,36 @@ class PropTrainConfig(TrainConfig):
         return replace(cls.s2(), stage="s02", name="prop_s02", iterations=300_000,
                        lr_steps=(250_000,))
 
+    #: STCN recipe per stage (REFERENCE.md j.1): batch, iterations, LR steps. STCN's stage 2
+    #: ("main training after BL30K") is our s2, its stage 3 ("after static images only") s02.
+    STCN_STAGES: ClassVar[dict[str, tuple[int, int, tuple[int, ...]]]] = {
+        "s0": (8, 300_000, (150_000,)),
+        "s1": (4, 500_000, (400_000,)),
+        "s2": (4, 300_000, (250_000,)),
+        "s02": (4, 150_000, (125_000,)),
+    }
+
+    def for_arch(self, arch: str | None) -> PropTrainConfig:
+        """``arch="stcn"``: the STCN recipe of this stage (REFERENCE.md j.1): batch, iterations
+        and LR step of :data:`STCN_STAGES`, AMP auto, checkpoint names ``stcn_<stage>``; LR
+        1e-5, warm-up, data and curriculum stay those of Mask-Propagation."""
+        if arch in (None, "mivos"):
+            return self
+        if arch != "stcn":
+            raise ConfigError(f"--arch must be one of {', '.join(PROPAGATION_ARCHS)}, got "
+                              f"{arch!r}")
+        batch, iterations, steps = self.STCN_STAGES[self.stage]
+        return replace(self, arch="stcn", name=f"stcn_{self.stage}", batch_size=batch,
+                       iterations=iterations, lr_steps=steps, amp="auto")
+
     def lite(self) -> PropTrainConfig:
         return replace(super().lite(), crop_size=96, batch_size=4, batchnorm="train")
 
     def validate(self) -> None:
         super().validate()
+        if self.imagenet_value and self.arch != "stcn":
+            raise ConfigError("--imagenet-value only applies to --arch stcn (the STCN value "
+                              "encoder)")
         if self.curriculum_fractions and (
                 len(self.curriculum_values) != len(self.curriculum_fractions) + 1):
             raise ConfigError("--curriculum-values needs exactly one more value than "
@@ -417,8 +466,14 @@ class PropTrainConfig(TrainConfig):
 
 @dataclass
 class FusionTrainConfig(TrainConfig):
-    """Fusion training (REFERENCE.md f.3): s0 on BL30K, s1 on DAVIS, with a frozen propagation model."""
+    """Fusion training (REFERENCE.md f.3): s0 on BL30K, s1 on DAVIS, with a frozen propagation model.
+    ``--arch stcn``: the propagation model is an STCN network (REFERENCE.md j.2)."""
 
+    arch: str = opt("mivos", "architecture of the --prop-model network: 'mivos' or 'stcn'. With "
+                    "'stcn' the attention reader is STCN's frozen key encoder + key_proj with "
+                    "one L2 affinity for both objects, AMP is auto (as in the MiVOS-STCN "
+                    "branch) and checkpoints are named fusion_stcn_<stage>",
+                    choices=PROPAGATION_ARCHS)
     prop_model: str | None = opt(None, "trained (multi-object) propagation weights for the "
                                  "frozen attention reader; required. Decoder tensors are "
                                  "ignored, everything else must match", metavar="FILE")
@@ -427,7 +482,10 @@ class FusionTrainConfig(TrainConfig):
                                  "default <data-root>/DAVIS/2017/trainval)", metavar="DIR")
     fusion_root: str | None = opt(None, "generated propagation data (python -m "
                                   "dataset.generate_fusion): a run folder or a folder of run "
-                                  "folders; default <data-root>/fusion_data/{bl,davis}",
+                                  "folders; default <data-root>/fusion_data/{bl,davis}. With "
+                                  "--data synthetic: fusion data of the generated videos "
+                                  "(default: generated from --prop-model; required with --arch "
+                                  "stcn, whose inference is not part of the generator yet)",
                                   metavar="DIR")
     samples_per_video: int = opt(100, "dataset length = this x number of videos per epoch")
     max_samples_tries: int = opt(20, "attempts to draw a sample; the first 15 reject pairs of "
@@ -461,6 +519,16 @@ class FusionTrainConfig(TrainConfig):
         """DAVIS + fusion_data/davis (from the s0 weights, --load): batch 12, 10K iterations,
         steps [7.5K], warm-up 2K -> 5K."""
         return cls._base(10_000, stage="s1", name="fusion_s1", lr_steps=(7_500,))
+
+    def for_arch(self, arch: str | None) -> FusionTrainConfig:
+        """``arch="stcn"``: AMP auto and checkpoint names ``fusion_stcn_<stage>``; the rest of
+        the recipe is MiVOS's (REFERENCE.md j.2)."""
+        if arch in (None, "mivos"):
+            return self
+        if arch != "stcn":
+            raise ConfigError(f"--arch must be one of {', '.join(PROPAGATION_ARCHS)}, got "
+                              f"{arch!r}")
+        return replace(self, arch="stcn", name=f"fusion_stcn_{self.stage}", amp="auto")
 
     def lite(self) -> FusionTrainConfig:
         return replace(super().lite(), crop_size=96, batch_size=8)
@@ -537,7 +605,7 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], source: str = "confi
     if unknown:
         raise ConfigError(f"{source}: unknown fields {unknown}")
     stage = data.get("stage", cls.DEFAULT_STAGE)
-    base = cls.for_stage(stage)
+    base = cls.for_stage(stage).for_arch(data.get("arch"))
     if data.get("preset") == "lite":
         base = base.lite()
     hints = _hints(cls)
@@ -602,13 +670,17 @@ def _default_text(cls: type[TrainConfig], name: str) -> str:
     """'default: X', listing per-stage and lite defaults where they differ."""
     if name == "stage":
         return f"default: {cls.DEFAULT_STAGE}"
-    if name == "preset":
+    if name in ("preset", "arch"):
         return "default: mivos"
     mivos = {s: _format_default(getattr(cls.for_stage(s), name)) for s in cls.STAGES}
     lite = {s: _format_default(getattr(cls.for_stage(s).lite(), name)) for s in cls.STAGES}
+    stcn = {s: _format_default(getattr(cls.for_stage(s).for_arch("stcn"), name))
+            for s in cls.STAGES} if "arch" in _hints(cls) else mivos
     text = f"default: {_grouped(mivos)}"
     if lite != mivos:
         text += f"; with --preset lite: {_grouped(lite)}"
+    if stcn != mivos:
+        text += f"; with --arch stcn: {_grouped(stcn)}"
     return text
 
 
@@ -687,7 +759,54 @@ def apply_overrides(cfg: C, overrides: Mapping[str, Any], scale: bool = True) ->
     out = replace(cfg, **values)
     if "iterations" in values and scale:
         out = _scale_schedule(out, base_iterations, set(values))
+    if out.amp == "auto":
+        out = replace(out, amp=auto_amp(out.device))
     return out
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX), so that bf16 autocast
+    speeds training up instead of emulating it.
+
+    ``torch.backends.cpu.get_cpu_capability()`` names the vector ISA torch dispatches to; a
+    level that names bf16 / AMX answers directly, anything below AVX512 has no native bf16, and
+    for AVX512 the CPU flags decide (Linux ``/proc/cpuinfo``: ``avx512_bf16`` / ``amx_bf16``).
+    """
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if "AMX" in capability or "BF16" in capability:
+        return True
+    if not capability.startswith("AVX512"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def auto_amp(device: str | None) -> str:
+    """The mode ``--amp auto`` means on ``device`` (None: CUDA when available, as the trainers
+    choose): fp16 on CUDA, bf16 on a CPU with native bf16, else none."""
+    import torch
+
+    if device:
+        kind = torch.device(device).type
+    else:
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        mode = "fp16"
+    elif kind == "cpu" and cpu_has_native_bf16():
+        mode = "bf16"
+    else:
+        mode = "none"
+    logger.info("--amp auto on %s: %s", kind, mode)
+    return mode
 
 
 def resolve_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None,
@@ -709,6 +828,7 @@ def resolve_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str
             base = cls.for_stage(overrides["stage"])
     else:
         base = cls.for_stage(overrides.get("stage", cls.DEFAULT_STAGE))
+        base = base.for_arch(overrides.get("arch"))
         if overrides.get("preset") == "lite":
             base = base.lite()
     cfg = apply_overrides(base, overrides)
