@@ -632,19 +632,21 @@ class Session:
         start = time.perf_counter()
         out = ensure_dir(out_dir)
         n = self.num_frames
+        total = n * (1 + int(overlays) + int(video))
+        report = progress or (lambda done, total: None)
         for t in range(n):
             write_palette_png(out / "masks" / f"{self.names[t]}.png", self.original_mask(t))
-            if progress is not None:
-                progress(t + 1, n * (1 + overlays + video))
+            report(t + 1, total)
         masks = _LazyMasks(self)
         frames = self._original_frames()
         if overlays:
-            write_overlay_frames(out / "overlay", frames, masks, names=self.names)
-            if progress is not None:
-                progress(2 * n, n * (1 + overlays + video))
+            write_overlay_frames(out / "overlay", _ProgressFrames(frames, report, n, total), masks,
+                                 names=self.names)
         if video:
             fps = getattr(self.frames, "fps", 0.0) or 25.0
-            write_overlay_video(out / "overlay.mp4", frames, masks, fps=fps)
+            write_overlay_video(out / "overlay.mp4",
+                                _ProgressFrames(frames, report, n * (1 + int(overlays)), total),
+                                masks, fps=fps)
         return ActionResult(f"saved {n} masks{', overlays' if overlays else ''}"
                             f"{' and an overlay video' if video else ''} to {out}",
                             time.perf_counter() - start)
@@ -769,6 +771,22 @@ class _LazyMasks:
 
     def __getitem__(self, t: int) -> np.ndarray:
         return self.session.original_mask(t)
+
+
+class _ProgressFrames(Sequence):
+    """A frame sequence that reports ``progress(offset + t + 1, total)`` as frame t is read."""
+
+    def __init__(self, frames: Sequence[np.ndarray], progress: Callable[[int, int], None],
+                 offset: int, total: int):
+        self.frames, self.progress, self.offset, self.total = frames, progress, offset, total
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        frame = self.frames[t]
+        self.progress(self.offset + t + 1, self.total)
+        return frame
 
 
 def _save_prob(path: Path, prob: torch.Tensor, labels: np.ndarray | None = None) -> None:
