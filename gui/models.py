@@ -1,8 +1,9 @@
 """The architectures the annotation tool can run, in one table.
 
 ``ARCHITECTURES`` maps an ``--arch`` name to the function that builds its three networks
-(S2M, propagation, fusion). A new propagation architecture is one more entry here; the command
-line takes its choices from this table.
+(S2M, propagation, fusion). The names are those of ``model.presets.PROPAGATION_ARCHS`` that the
+tool can run end to end; adding an architecture to the GUI (e.g. ``stcn``, once the inference
+core runs it) is one more entry here, and the command line takes its choices from this table.
 """
 
 from __future__ import annotations

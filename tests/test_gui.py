@@ -79,7 +79,9 @@ def _disk(x: int, y: int, r: int) -> np.ndarray:
 
 
 def test_architectures_in_one_table():
-    assert "mivos" in ARCHITECTURES
+    from model.presets import PROPAGATION_ARCHS
+
+    assert "mivos" in ARCHITECTURES and set(ARCHITECTURES) <= set(PROPAGATION_ARCHS)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_networks("nope", "lite", WeightFiles(), random_weights=True)
     with pytest.raises(ValueError, match="--random-weights"):
