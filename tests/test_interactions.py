@@ -69,7 +69,8 @@ def test_s2m_inputs_follow_spec_order():
     labels[10, 10] = 1
     labels[30, 40] = 0
     out = ScribbleInteraction(labels, ctrl).apply(image, prob)
-    x = net.inputs[0]
+    assert len(net.inputs) == 2  # one forward per object, as the original runs S2M
+    x = torch.cat(net.inputs)
     assert x.shape[:2] == (2, 6)  # one row per object, 6 channels
     # channel 3: existing hard mask of that object (48 x 64 needs no padding)
     assert torch.equal(x[0, 3], (prob.argmax(0) == 1).float())
@@ -140,7 +141,7 @@ def test_local_control_runs_inner_at_working_size():
     labels = torch.full((H, W), -1)
     labels[30, 40] = 2
     LocalControl((20, 30, 39, 59), ScribbleInteraction(labels, ctrl), work_size=96).apply(image, prob)
-    x = net.inputs[0]
+    x = torch.cat(net.inputs)  # one forward per object
     assert min(x.shape[-2:]) >= 96  # the 20 x 30 crop was upscaled to a 96-px shorter side
     assert x[1, 4].sum() > 0  # the scribble moved along with the crop
 
