@@ -18,6 +18,11 @@ Schedule of one interaction on frame ``r`` (``interact``):
    aligned to the frame through the memory affinity; ``'linear'``: blend by temporal distance;
    ``'none'``: the newest propagation overwrites).
 
+The network calls, the caches, autocast, the "others" input of the memory encoder and the
+memory-write rule of a pass are those of :class:`inference.engine.PropagationEngine`, which the
+semi-supervised propagator drives too; this module decides the passes, the stored results and
+the fusion.
+
 Memory options (results do not depend on them except where noted):
 
 * ``storage_device`` keeps frames and results off the compute device (e.g. CPU while computing
@@ -32,8 +37,7 @@ Memory options (results do not depend on them except where noted):
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +45,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.engine import PropagationEngine, frame_sequence
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
-from model.propagation import others_masks
-from util.tensor_util import normalize_image, pad_divide_by, unpad
+from util.amp import canonical_amp
+from util.tensor_util import pad_divide_by, unpad
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ class InferenceConfig:
     image_cache: int = 128  # padded, normalised frames kept on the compute device
     feature_cache_mb: float = 2048.0  # query-encoder features kept for reuse across passes
     memory_budget: int | None = None  # max affinity elements per chunk (None = read default)
-    amp: str | None = None  # autocast dtype: None | "bfloat16" | "float16"
+    amp: str | None = None  # autocast (util.amp): None | "bf16" | "fp16" ("bfloat16" / "float16" too)
 
     def validate(self) -> None:
         if self.fusion not in FUSION_MODES:
@@ -77,33 +82,11 @@ class InferenceConfig:
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k}")
         if self.mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {self.mem_every}")
-        if self.amp not in (None, "bfloat16", "float16"):
-            raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}")
+        canonical_amp(self.amp)  # raises ValueError naming the accepted spellings
 
 
-def _as_frame_sequence(images: Any) -> tuple[Sequence, int, int, int]:
-    """Accept T x 3 x H x W float [0,1] / uint8 tensors, T x H x W x 3 uint8 arrays, or any
-    sequence of H x W x 3 uint8 frames. Returns (sequence, T, H, W)."""
-    if isinstance(images, torch.Tensor):
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"image tensor must be T x 3 x H x W, got {tuple(images.shape)}")
-        return images, images.shape[0], images.shape[2], images.shape[3]
-    if isinstance(images, np.ndarray):
-        if images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(f"image array must be T x H x W x 3, got {images.shape}")
-        return images, images.shape[0], images.shape[1], images.shape[2]
-    if len(images) == 0:
-        raise ValueError("the video has no frames")
-    first = np.asarray(images[0])
-    if first.ndim != 3 or first.shape[2] != 3:
-        raise ValueError(f"frames must be H x W x 3, frame 0 is {first.shape}")
-    return images, len(images), first.shape[0], first.shape[1]
-
-
-def _nbytes(features: Any) -> int:
-    """Bytes held by the tensors of a features object (e.g. QueryFeatures)."""
-    return sum(v.numel() * v.element_size() for v in vars(features).values()
-               if isinstance(v, torch.Tensor))
+#: the frame-sequence check, kept under its old name (:func:`inference.engine.frame_sequence`)
+_as_frame_sequence = frame_sequence
 
 
 class InferenceCore:
@@ -113,11 +96,13 @@ class InferenceCore:
         prop_net: a :class:`model.propagation.PropagationNetwork` (eval mode).
         fusion_net: a :class:`model.fusion.FusionNet`, or None when ``config.fusion`` is not
             ``'diff'``.
-        images: the frames (see :func:`_as_frame_sequence`), RGB.
+        images: the frames (see :func:`inference.engine.frame_sequence`), RGB.
         num_objects: K, the number of objects (labels 1..K).
         config: :class:`InferenceConfig`.
         device: where the networks run.
         storage_device: where probabilities live (default: ``device``).
+
+    The options of ``config`` are read when the core is built (its engine keeps them).
     """
 
     def __init__(
@@ -140,12 +125,16 @@ class InferenceCore:
         self.fusion_net = fusion_net
         self.device = torch.device(device)
         self.storage_device = torch.device(storage_device) if storage_device is not None else self.device
-        self.frames, self.num_frames, self.height, self.width = _as_frame_sequence(images)
+        self.frames, self.num_frames, self.height, self.width = frame_sequence(images)
         self.k = num_objects
-
-        probe = torch.zeros(1, 1, self.height, self.width)
-        padded, self.pad = pad_divide_by(probe, 16)
-        self.ph, self.pw = padded.shape[-2:]
+        cfg = self.config
+        self.engine = PropagationEngine(
+            prop_net, (self.height, self.width), self.device, self.frames, top_k=cfg.top_k,
+            memory_budget=cfg.memory_budget, amp=cfg.amp, mem_every=cfg.mem_every,
+            include_last=cfg.include_last, image_cache=cfg.image_cache,
+            feature_cache_mb=cfg.feature_cache_mb,
+        )
+        self.pad, self.ph, self.pw = self.engine.pad, self.engine.ph, self.engine.pw
 
         dtype = PROB_DTYPES[self.config.prob_dtype]
         # (K+1) x T x Hp x Wp; background starts at a tiny positive value, objects at zero
@@ -159,10 +148,7 @@ class InferenceCore:
         self.masks = self.padded_masks[:, top:top + self.height, left:left + self.width]
 
         self.interacted: list[int] = []  # in interaction order
-        self.permanent = MemoryBank()
-        self._image_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self._feature_cache: OrderedDict[int, Any] = OrderedDict()
-        self._feature_bytes = 0
+        self.permanent = MemoryBank()  # one entry per interaction, in interaction order
 
     # ------------------------------------------------------------------ storage helpers
     def _set_prob_initial_background(self) -> None:
@@ -191,76 +177,24 @@ class InferenceCore:
 
     def image(self, t: int) -> torch.Tensor:
         """Padded, normalised frame t: 1 x 3 x Hp x Wp on the compute device (bounded cache)."""
-        cached = self._image_cache.get(t)
-        if cached is not None:
-            self._image_cache.move_to_end(t)
-            return cached
-        frame = self.frames[t]
-        if isinstance(frame, torch.Tensor):
-            img = frame.to(self.device)
-            img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-        else:
-            arr = np.asarray(frame)
-            if arr.shape != (self.height, self.width, 3):
-                raise ValueError(
-                    f"frame {t} has shape {arr.shape}, expected {(self.height, self.width, 3)}: "
-                    "all frames of a video must have the same size"
-                )
-            if not arr.flags.writeable:  # e.g. cached frames of a lazy reader
-                arr = arr.copy()
-            img = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1).float() / 255
-        if img.shape[-2:] != (self.height, self.width):
-            raise ValueError(
-                f"frame {t} is {tuple(img.shape[-2:])}, expected {(self.height, self.width)}: "
-                "all frames of a video must have the same size"
-            )
-        img, _ = pad_divide_by(normalize_image(img).unsqueeze(0), 16)
-        if self.config.image_cache > 0:
-            self._image_cache[t] = img
-            while len(self._image_cache) > self.config.image_cache:
-                self._image_cache.popitem(last=False)
-        return img
+        return self.engine.image(t)
 
     def _autocast(self):
-        if self.config.amp is None:
-            return torch.autocast(self.device.type, enabled=False)
-        dtype = torch.bfloat16 if self.config.amp == "bfloat16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return self.engine.autocast()
 
     def query_features(self, t: int):
         """Query-encoder outputs of frame t (cached up to ``feature_cache_mb``)."""
-        cached = self._feature_cache.get(t)
-        if cached is not None:
-            self._feature_cache.move_to_end(t)
-            return cached
-        with self._autocast():
-            feats = self.prop_net.encode_query(self.image(t))
-        budget = self.config.feature_cache_mb * 2**20
-        if budget > 0:
-            self._feature_cache[t] = feats
-            self._feature_bytes += _nbytes(feats)
-            while self._feature_bytes > budget and len(self._feature_cache) > 1:
-                _, old = self._feature_cache.popitem(last=False)
-                self._feature_bytes -= _nbytes(old)
-        return feats
+        return self.engine.query_features(t)
 
     # ------------------------------------------------------------------ network calls
     def _encode_memory(self, t: int, prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory key/value of frame t with its (K+1)-channel probabilities prob."""
-        image = self.image(t).expand(self.k, -1, -1, -1)
-        with self._autocast():
-            masks = prob[1:].unsqueeze(1)
-            key, value = self.prop_net.encode_memory(image, masks, others_masks(masks))
-        return key.float(), value.float()
+        return self.engine.encode_memory(t, prob)
 
     def _segment(self, t: int, bank: MemoryBank) -> torch.Tensor:
-        """Propagated (K+1) x Hp x Wp probabilities of frame t from the memory in bank."""
-        mem_key, mem_value = bank.read_tensors()
-        with self._autocast():
-            logits = self.prop_net.segment(self.query_features(t), mem_key, mem_value,
-                                           top_k=self.config.top_k,
-                                           memory_budget=self.config.memory_budget)
-        return aggregate(torch.sigmoid(logits.float())[:, 0], dim=0)
+        """Propagated (K+1) x Hp x Wp probabilities of frame t from the memory in bank
+        (aggregated over all K objects)."""
+        return self.engine.segment(t, [bank])
 
     def _fuse(self, t: int, prev: torch.Tensor, curr: torch.Tensor, t_c: int, t_r: int,
               diff: torch.Tensor, ref_key: torch.Tensor) -> torch.Tensor:
@@ -276,14 +210,11 @@ class InferenceCore:
         n_r = abs(t_r - t) / abs(t_c - t_r)
         if mode == "linear":
             return n_r * prev + n_c * curr
-        query = self.query_features(t)
+        attn = self.engine.attention_transfer(ref_key, t, diff)
+        dist = torch.tensor([[n_c, n_r]], device=self.device).expand(self.k, -1)
+        image = self.image(t).expand(self.k, -1, -1, -1)
         with self._autocast():
-            attn = self.prop_net.attention_transfer(ref_key, query.key, diff,
-                                                    memory_budget=self.config.memory_budget)
-            dist = torch.tensor([[n_c, n_r]], device=self.device).expand(self.k, -1)
-            image = self.image(t).expand(self.k, -1, -1, -1)
-            logits = self.fusion_net(image, prev[1:].unsqueeze(1), curr[1:].unsqueeze(1),
-                                     attn.float(), dist)
+            logits = self.fusion_net(image, prev[1:].unsqueeze(1), curr[1:].unsqueeze(1), attn, dist)
         return aggregate(torch.sigmoid(logits.float())[:, 0], dim=0)
 
     # ------------------------------------------------------------------ passes
@@ -297,16 +228,11 @@ class InferenceCore:
             return done
 
         bank = self.permanent.copy()
-        last_permanent = r
+        rule = self.engine.write_rule(r)
         for i, t in enumerate(targets):
             out = self._segment(t, bank)
-            if i < len(targets) - 1:
-                key, value = self._encode_memory(t, out)
-                if abs(t - last_permanent) >= self.config.mem_every:
-                    bank.add_permanent(key, value)
-                    last_permanent = t
-                elif self.config.include_last:
-                    bank.set_temporary(key, value)
+            # memorised with the propagated (pre-fusion) result
+            self.engine.memorise(t, out, [bank], rule.decide(t, last=i == len(targets) - 1))
             if fuse_with is not None:
                 out = self._fuse(t, self._load_prob(t), out, fuse_with, r, diff, ref_key)
             self._store_prob(t, out)
@@ -376,7 +302,7 @@ class InferenceCore:
         self._store_prob(idx, new)
         self._store_mask(idx, new)
         ref_key, ref_value = self._encode_memory(idx, new)
-        self.permanent.add_permanent(ref_key, ref_value)
+        self.permanent.add_permanent(ref_key, ref_value, idx)
 
         total = self._pass_length(idx, +1) + self._pass_length(idx, -1)
         done = self._pass(idx, +1, ref_key, diff, progress, 0, total)
@@ -437,19 +363,13 @@ class InferenceCore:
             # permanent memory holds one entry per interaction, in interaction order
             keys, values = [], []
             for t in self.interacted:
-                prob = self._load_prob(t)
-                image = self.image(t).expand(n, -1, -1, -1)
-                masks = prob[old_k + 1:].unsqueeze(1)
-                others = others_masks(prob[1:].unsqueeze(1))[old_k:]
-                with self._autocast():
-                    key, value = self.prop_net.encode_memory(image, masks, others)
-                keys.append(key.float())
-                values.append(value.float())
+                key, value = self.engine.encode_memory(t, self._load_prob(t),
+                                                       objects=range(old_k + 1, self.k + 1))
+                keys.append(key)
+                values.append(value)
             self.permanent.add_objects(torch.stack(keys, 2), torch.stack(values, 2))
         return self.k
 
     def clear_caches(self) -> None:
         """Drop cached images and query features (frees memory; results are unaffected)."""
-        self._image_cache.clear()
-        self._feature_cache.clear()
-        self._feature_bytes = 0
+        self.engine.clear_caches()

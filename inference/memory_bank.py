@@ -8,6 +8,11 @@ into pre-allocated space and reading is a view: nothing is concatenated per quer
   frames memorised every ``mem_every`` frames during the pass;
 * the temporary slot: the frame just before the query frame, when it is not permanent. Writing a
   new temporary frame replaces the previous one; :meth:`promote` turns it into a permanent entry.
+
+A bank can also record which video frame each entry came from (``permanent_frames``,
+``temporary_frame``; None where the writer gave no index), and may be told its number of objects
+(rows) before its first entry, so that one encoding of several objects can be split over banks
+(:func:`inference.engine.PropagationEngine.store`).
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ import torch
 class MemoryBank:
     """Memory keys (K x CK x h x w per frame) and values (K x CV x h x w per frame)."""
 
-    def __init__(self, initial_capacity: int = 8):
+    def __init__(self, initial_capacity: int = 8, num_objects: int | None = None):
         self._capacity_frames = max(int(initial_capacity), 1)
         self._keys: torch.Tensor | None = None  # K x cap*hw x CK
         self._values: torch.Tensor | None = None  # K x cap*hw x CV
         self._hw: tuple[int, int] | None = None
+        self._num_objects = num_objects
         self.num_permanent = 0
         self.has_temporary = False
+        self.permanent_frames: list[int | None] = []  # video frame of each permanent entry
+        self.temporary_frame: int | None = None  # video frame in the temporary slot
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -36,10 +44,17 @@ class MemoryBank:
     def hw(self) -> tuple[int, int] | None:
         return self._hw
 
+    @property
+    def num_objects(self) -> int | None:
+        """Rows (objects) of every entry: as stored, or as declared when the bank is empty."""
+        return self._keys.shape[0] if self._keys is not None else self._num_objects
+
     def _ensure(self, key: torch.Tensor, value: torch.Tensor, frames_needed: int) -> None:
         k, ck, h, w = key.shape
         cv = value.shape[1]
         if self._keys is None:
+            if self._num_objects is not None and k != self._num_objects:
+                raise ValueError(f"memory entry has {k} objects, the bank holds {self._num_objects}")
             self._hw = (h, w)
             cap = max(self._capacity_frames, frames_needed)
             self._keys = key.new_empty(k, cap * h * w, ck)
@@ -67,22 +82,25 @@ class MemoryBank:
         self._values[:, slot * hw:(slot + 1) * hw] = value.flatten(2).transpose(1, 2)
 
     # ------------------------------------------------------------------ writing
-    def add_permanent(self, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Append a permanent frame. key: K x CK x h x w, value: K x CV x h x w.
+    def add_permanent(self, key: torch.Tensor, value: torch.Tensor, frame: int | None = None) -> None:
+        """Append a permanent frame. key: K x CK x h x w, value: K x CV x h x w; frame: the
+        video frame it came from (bookkeeping only).
 
         A filled temporary slot is dropped (it always holds the frame before the current one,
         which is superseded once a newer frame is memorised).
         """
-        self.has_temporary = False
+        self.clear_temporary()
         self._ensure(key, value, self.num_permanent + 1)
         self._write(self.num_permanent, key, value)
         self.num_permanent += 1
+        self.permanent_frames.append(frame)
 
-    def set_temporary(self, key: torch.Tensor, value: torch.Tensor) -> None:
+    def set_temporary(self, key: torch.Tensor, value: torch.Tensor, frame: int | None = None) -> None:
         """Fill (or replace) the temporary slot with one frame."""
         self._ensure(key, value, self.num_permanent + 1)
         self._write(self.num_permanent, key, value)
         self.has_temporary = True
+        self.temporary_frame = frame
 
     def promote(self) -> None:
         """Make the temporary frame permanent."""
@@ -90,13 +108,17 @@ class MemoryBank:
             raise RuntimeError("no temporary frame to promote")
         self.has_temporary = False
         self.num_permanent += 1
+        self.permanent_frames.append(self.temporary_frame)
+        self.temporary_frame = None
 
     def clear_temporary(self) -> None:
         self.has_temporary = False
+        self.temporary_frame = None
 
     def copy(self) -> MemoryBank:
         """A new bank holding this bank's permanent entries (the temporary slot is not copied)."""
-        other = MemoryBank(initial_capacity=self.num_permanent + 8)
+        other = MemoryBank(initial_capacity=self.num_permanent + 8, num_objects=self.num_objects)
+        other.permanent_frames = list(self.permanent_frames)
         if self._keys is None or self.num_permanent == 0:
             return other
         hw = self._hw[0] * self._hw[1]
@@ -118,6 +140,8 @@ class MemoryBank:
         key: K_new x CK x num_permanent x h x w (one entry per existing permanent frame).
         """
         if self._keys is None:
+            if self._num_objects is not None:
+                self._num_objects += key.shape[0]
             return
         hw = self._hw[0] * self._hw[1]
         used = self.num_permanent * hw
@@ -131,7 +155,7 @@ class MemoryBank:
         keys[self._keys.shape[0]:, :used] = new_k
         values[self._values.shape[0]:, :used] = new_v
         self._keys, self._values = keys, values
-        self.has_temporary = False
+        self.clear_temporary()
 
     # ------------------------------------------------------------------ reading
     def read_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,11 @@ Let ``r`` be the first annotated frame. For every frame ``t = r, r+1, ..., T-1``
 For DAVIS (everything annotated on frame 0) this is the usual single pass: first-frame mask,
 every 5th frame plus the previous frame in memory, top-k read.
 
+Steps 1 and 3 (the read, the aggregation over the enabled objects, the memory encoding with its
+"others" input, the memory-write rule, autocast and frame preparation) are those of
+:class:`inference.engine.PropagationEngine`, which the interactive core drives too; this module
+decides which frames are annotated, the overwrite of step 2 and the output of step 4.
+
 Per-object memory
 -----------------
 Every object has its own memory keys/values (the memory encoder sees that object's mask and the
@@ -68,22 +73,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.engine import PERMANENT, PropagationEngine
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
-from model.propagation import others_masks
-from util.tensor_util import normalize_image, pad_divide_by, unpad
+from util.amp import AMP_DTYPES, canonical_amp
+from util.tensor_util import pad_divide_by, unpad
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AMP_DTYPES", "FrameResult", "SemiVOSConfig", "SemiVOSPropagator"]
-
-#: accepted spellings of the autocast dtype
-AMP_DTYPES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 
 
 @dataclass
@@ -96,7 +94,8 @@ class SemiVOSConfig:
         mem_every: a propagated frame becomes permanent memory every ``mem_every`` frames,
             counted from the last annotated frame.
         include_last: keep the previous frame as temporary memory.
-        amp: autocast dtype for the network calls: None, ``"bf16"`` or ``"fp16"``.
+        amp: autocast dtype for the network calls (:mod:`util.amp`): None, ``"bf16"`` or
+            ``"fp16"`` (``"bfloat16"`` / ``"float16"`` too).
         record_memory: attach the memory layout used for each frame to its
             :class:`FrameResult` (for tests and debugging).
         km_sigma: kernelized memory read (sigma in stride-16 grid units; the original used 5.6
@@ -116,8 +115,7 @@ class SemiVOSConfig:
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
         if not isinstance(self.mem_every, int) or self.mem_every < 1:
             raise ValueError(f"mem_every must be an int >= 1, got {self.mem_every!r}")
-        if self.amp is not None and self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be None or one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        canonical_amp(self.amp)  # raises ValueError naming the accepted spellings
 
 
 @dataclass
@@ -148,8 +146,6 @@ class _Group:
 
     objects: list[int]  # remapped ids, in the order of their rows
     bank: MemoryBank
-    permanent_frames: list[int] = field(default_factory=list)
-    temporary_frame: int | None = None
 
 
 class SemiVOSPropagator:
@@ -173,55 +169,17 @@ class SemiVOSPropagator:
         self.prop_net = prop_net.to(self.device).eval()
 
     # ------------------------------------------------------------------ helpers
-    def _autocast(self):
-        if self.config.amp is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.config.amp])
+    def _engine(self, hw: tuple[int, int]) -> PropagationEngine:
+        """The engine of one video: frames are handed in one at a time (the current frame is
+        the only one cached); query features are computed once per frame and not kept."""
+        cfg = self.config
+        return PropagationEngine(self.prop_net, hw, self.device, top_k=cfg.top_k,
+                                 km_sigma=cfg.km_sigma, amp=cfg.amp, mem_every=cfg.mem_every,
+                                 include_last=cfg.include_last, image_cache=1, feature_cache_mb=0)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _input(self, frame: Any, t: int, hw: tuple[int, int]) -> torch.Tensor:
-        """H x W x 3 uint8 RGB frame -> padded, normalised 1 x 3 x Hp x Wp float on the device."""
-        arr = np.asarray(frame)
-        if arr.shape != (hw[0], hw[1], 3):
-            raise ValueError(
-                f"frame {t} has shape {arr.shape}, expected {(hw[0], hw[1], 3)}: all frames of a "
-                "video must have the processing size of its first frame"
-            )
-        if arr.dtype != np.uint8:
-            raise ValueError(f"frame {t}: expected uint8 RGB, got {arr.dtype}")
-        if not arr.flags.writeable or not arr.flags.c_contiguous:
-            arr = np.array(arr, copy=True)  # cached reader frames are read-only
-        x = torch.from_numpy(arr).to(self.device)
-        x = x.permute(2, 0, 1).float().div_(255)
-        padded, _ = pad_divide_by(normalize_image(x).unsqueeze(0), 16)
-        return padded
-
-    def _segment(self, query: Any, groups: list[_Group], enabled: list[int],
-                 num_objects: int, shape: tuple[int, int]) -> torch.Tensor:
-        """Read every group's memory for one query frame.
-
-        query: QueryFeatures (batch 1). Returns (K+1) x Hp x Wp probabilities: the enabled
-        objects soft-aggregated with background, other object channels exactly 0.
-        """
-        prob = torch.zeros(num_objects + 1, *shape, device=self.device)
-        if not enabled:
-            prob[0] = 1.0
-            return prob
-        per_object = []
-        for g in groups:
-            mem_key, mem_value = g.bank.read_tensors()  # K_g x CK x N, K_g x CV x N
-            with self._autocast():
-                logits = self.prop_net.segment(query, mem_key, mem_value, top_k=self.config.top_k,
-                                               km_sigma=self.config.km_sigma)
-            per_object.append(torch.sigmoid(logits.float())[:, 0])  # K_g x Hp x Wp
-        obj = torch.cat(per_object, dim=0)  # E x Hp x Wp, rows in `enabled` order
-        agg = aggregate(obj, dim=0)  # (E+1) x Hp x Wp
-        prob[0] = agg[0]
-        prob[torch.as_tensor(enabled, device=self.device)] = agg[1:]
-        return prob
 
     def _overwrite(self, prob: torch.Tensor | None, labels: torch.Tensor, listed: Sequence[int],
                    enabled: list[int], num_objects: int) -> torch.Tensor:
@@ -249,33 +207,6 @@ class SemiVOSPropagator:
         out[0] = agg[0]
         out[rows + 1] = agg[1:]
         return out
-
-    def _memorise(self, image: torch.Tensor, prob: torch.Tensor, groups: list[_Group],
-                  enabled: list[int], t: int, permanent: bool) -> None:
-        """Encode frame t for every enabled object and store it in each group's bank."""
-        if not enabled:
-            return
-        rows = torch.as_tensor(enabled, device=self.device)
-        masks = prob[rows].unsqueeze(1)  # E x 1 x Hp x Wp
-        # sum over all other objects (disabled ones hold exact zeros, which add nothing)
-        others = others_masks(prob[1:].unsqueeze(1))[rows - 1]  # E x 1 x Hp x Wp
-        with self._autocast():
-            key, value = self.prop_net.encode_memory(
-                image.expand(len(enabled), -1, -1, -1), masks, others
-            )
-        key, value = key.float(), value.float()
-        start = 0
-        for g in groups:
-            n = len(g.objects)
-            k, v = key[start:start + n], value[start:start + n]
-            start += n
-            if permanent:
-                g.bank.add_permanent(k, v)
-                g.permanent_frames.append(t)
-                g.temporary_frame = None
-            else:
-                g.bank.set_temporary(k, v)
-                g.temporary_frame = t
 
     def _output(self, prob: torch.Tensor, pad: tuple[int, int, int, int],
                 out_hw: tuple[int, int]) -> np.ndarray:
@@ -342,13 +273,12 @@ class SemiVOSPropagator:
             listed_at[t] = listed
 
         start = min(annotations)
-        _, pad = pad_divide_by(torch.zeros(1, 1, *hw), 16)
-        hp, wp = hw[0] + pad[2] + pad[3], hw[1] + pad[0] + pad[1]
+        engine = self._engine(hw)
+        rule = engine.write_rule(start)
 
         groups: list[_Group] = []
-        enabled: list[int] = []
+        enabled: list[int] = []  # the rows of the groups' banks, in order
         prob: torch.Tensor | None = None
-        last_permanent = start
         logger.debug("propagating %d frames (%d objects) from frame %d", T - start, num_objects, start)
 
         for t in range(start, T):
@@ -358,35 +288,31 @@ class SemiVOSPropagator:
             self._sync()
             tic = time.perf_counter()
             with torch.inference_mode():
-                image = self._input(frame, t, hw)
+                engine.prepare(t, frame)
                 memory = []
                 if self.config.record_memory and t > start:
-                    memory = [(list(g.objects), list(g.permanent_frames), g.temporary_frame)
+                    memory = [(list(g.objects), list(g.bank.permanent_frames), g.bank.temporary_frame)
                               for g in groups]
+                banks = [g.bank for g in groups]
                 if t > start:
-                    with self._autocast():
-                        query = self.prop_net.encode_query(image)
-                    prob = self._segment(query, groups, enabled, num_objects, (hp, wp))
+                    prob = engine.segment(t, banks, enabled, num_objects)
                 if annotated:
                     listed = listed_at[t]
                     new = [o for o in listed if o not in enabled]
                     if new:
                         enabled.extend(new)
-                        groups.append(_Group(objects=list(new), bank=MemoryBank()))
+                        groups.append(_Group(objects=list(new), bank=MemoryBank(num_objects=len(new))))
+                        banks.append(groups[-1].bank)
                         logger.debug("frame %d: objects %s enter", t, new)
                     labels, _ = pad_divide_by(
                         torch.from_numpy(label_np.astype(np.int64)).to(self.device), 16
                     )
                     prob = self._overwrite(prob, labels, listed, enabled, num_objects)
-                    self._memorise(image, prob, groups, enabled, t, permanent=True)
-                    last_permanent = t
-                elif t < T - 1:
-                    if t - last_permanent >= self.config.mem_every:
-                        self._memorise(image, prob, groups, enabled, t, permanent=True)
-                        last_permanent = t
-                    elif self.config.include_last:
-                        self._memorise(image, prob, groups, enabled, t, permanent=False)
-                labels_out = self._output(prob, pad, out_hw)
+                    engine.memorise(t, prob, banks, PERMANENT, enabled)
+                    rule.restart(t)
+                else:
+                    engine.memorise(t, prob, banks, rule.decide(t, last=t == T - 1), enabled)
+                labels_out = self._output(prob, engine.pad, out_hw)
             self._sync()
             seconds = time.perf_counter() - tic
             yield FrameResult(index=t, labels=labels_out, seconds=seconds, annotated=annotated,

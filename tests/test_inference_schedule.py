@@ -225,3 +225,76 @@ def test_bad_inputs():
         core2.interact(np.zeros((H, W), np.int64), 0)
     with pytest.raises(ValueError, match="fusion"):
         InferenceConfig(fusion="average").validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# one schedule: the interactive core and the semi-supervised driver share the engine
+# ---------------------------------------------------------------------------------------------
+
+
+def test_memory_write_rule():
+    from inference.engine import PERMANENT, TEMPORARY, MemoryWriteRule
+
+    rule = MemoryWriteRule(mem_every=3, include_last=True, start=10)
+    got = [rule.decide(t, last=False) for t in range(11, 18)]
+    assert got == [TEMPORARY, TEMPORARY, PERMANENT, TEMPORARY, TEMPORARY, PERMANENT, TEMPORARY]
+    assert rule.decide(18, last=True) is None  # the last frame of a pass is never written
+    back = MemoryWriteRule(mem_every=2, include_last=False, start=5)  # backward pass
+    assert [back.decide(t, last=False) for t in (4, 3, 2, 1)] == [None, PERMANENT, None, PERMANENT]
+    rule.restart(30)  # an annotated frame: the count starts again
+    assert rule.decide(31, last=False) == TEMPORARY and rule.decide(33, last=False) == PERMANENT
+    with pytest.raises(ValueError, match="mem_every"):
+        MemoryWriteRule(mem_every=0, include_last=True, start=0)
+
+
+def test_interactive_and_semi_supervised_use_the_same_write_rule(monkeypatch):
+    import inspect
+
+    import inference.engine as engine
+    from inference.semi_vos import SemiVOSConfig, SemiVOSPropagator
+
+    callers = []
+    original = engine.MemoryWriteRule.decide
+
+    def spy(self, t, last):
+        callers.append(inspect.stack()[1].frame.f_globals["__name__"])
+        return original(self, t, last)
+
+    monkeypatch.setattr(engine.MemoryWriteRule, "decide", spy)
+    core, prop_i, _ = make_core(t=14)
+    core.interact(label_map(), 0)
+    assert set(callers) == {"inference.inference_core"} and len(callers) == 13
+    callers.clear()
+    frames = [np.full((H, W, 3), frame_value(i), np.uint8) for i in range(14)]
+    prop_s = RecordingProp()
+    list(SemiVOSPropagator(prop_s, SemiVOSConfig()).propagate(frames, {0: label_map()}, 2))
+    assert set(callers) == {"inference.semi_vos"} and len(callers) == 13
+    # the same schedule: a forward pass from frame 0 reads the same memory frames in both
+    assert prop_s.reads == prop_i.reads
+    assert prop_s.memorised == prop_i.memorised
+
+
+def test_semi_supervised_write_rule_restarts_at_annotated_frames():
+    from inference.semi_vos import SemiVOSConfig, SemiVOSPropagator
+
+    frames = [np.full((H, W, 3), frame_value(i), np.uint8) for i in range(14)]
+    second = np.zeros((H, W), np.int64)
+    second[12:18, 15:25] = 2
+    prop = RecordingProp()
+    cfg = SemiVOSConfig(mem_every=3, record_memory=True)
+    out = list(SemiVOSPropagator(prop, cfg).propagate(frames, {0: label_map(1), 4: second}, 2))
+    mem = {r.index: r.memory for r in out}
+    # frame 3 is permanent (3 - 0 >= 3); frame 4 is annotated (permanent, restarts the count);
+    # then 7 and 10 (counted from 4), the previous frame as temporary in between
+    assert mem[5] == [([1], [0, 3, 4], None), ([2], [4], None)]
+    assert mem[9] == [([1], [0, 3, 4, 7], 8), ([2], [4, 7], 8)]
+    assert mem[13] == [([1], [0, 3, 4, 7, 10], 12), ([2], [4, 7, 10], 12)]
+    assert 13 not in prop.memorised  # the last frame is never memorised
+
+
+def test_permanent_memory_records_interacted_frames():
+    core, _, _ = make_core(t=30)
+    for idx in (5, 20, 12):
+        core.interact(label_map(), idx)
+    assert core.permanent.permanent_frames == [5, 20, 12]
+    assert core.permanent.num_permanent == 3
