@@ -276,11 +276,9 @@ def run_rounds(fns: dict[str, Callable[[], object]], meter: Meter, warmup: int, 
 
 
 def _autocast(device, precision: str):
-    import torch
+    from util.amp import autocast
 
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=getattr(torch, AMP_DTYPES[precision]))
+    return autocast(device, None if precision == "fp32" else AMP_DTYPES[precision])
 
 
 def _wrap(fn: Callable[[], object], device, precision: str) -> Callable[[], object]:
