@@ -151,8 +151,10 @@ def load_networks(args, device: torch.device):
     return out.get("propagation"), out.get("fusion"), out.get("s2m")
 
 
-def print_table(summary: dict, file=sys.stdout) -> None:
+def print_table(summary: dict, file=None) -> None:
     from inference.davis_interactive import per_interaction_scores
+
+    file = file if file is not None else sys.stdout  # the stream of the call, not of the import
 
     scores = per_interaction_scores(summary)
     print(f"AUC-J&F   {summary['auc']:.4f}", file=file)

@@ -583,7 +583,12 @@ def prepare_output(out_root: Path, fingerprint: dict[str, Any], restart: bool, w
     """Compare the run fingerprint with the one stored in ``out_root`` (stop on a difference
     unless ``restart``); with ``restart`` delete the earlier run's outputs; with ``write``
     store this run's fingerprint."""
-    from util.fingerprint import FINGERPRINT_FILE, check_fingerprint, load_fingerprint, save_fingerprint
+    from util.fingerprint import (
+        FINGERPRINT_FILE,
+        check_fingerprint,
+        load_fingerprint,
+        save_fingerprint,
+    )
 
     done_dir = out_root / DONE_DIR
     markers = sorted(done_dir.glob("*.json")) if done_dir.is_dir() else []
@@ -739,9 +744,12 @@ def _finalize(args: argparse.Namespace, dataset: Any, names: list[str], out_root
                 write_scores_csv(out_root / "scores.csv", table)
                 score_note = f"scored {len(names)} sequences: {out_root / 'scores.csv'}"
             except (FileNotFoundError, ValueError) as exc:
-                score_note = f"scoring failed: {exc}"
+                from util.errors import InputError, error_line
+
+                score_note = f"scoring failed: {error_line(exc).removeprefix('error: ')}"
                 print(f"error: {score_note}", file=sys.stderr)
-                code = max(code, EXIT_FAILED)
+                # unreadable ground truth is bad input; a missing prediction is a failure
+                code = max(code, EXIT_BAD_INPUT if isinstance(exc, InputError) else EXIT_FAILED)
 
     if not args.score_only:
         options = {k: v for k, v in vars(args).items() if not k.startswith("_")}

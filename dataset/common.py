@@ -200,18 +200,19 @@ def read_gray_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_label_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a (palette) label mask as H x W ``uint8`` labels (0 = background).
+    """Read a video annotation (palette or grayscale PNG of object ids) as H x W ``uint8``
+    labels (0 = background, void labels kept), as the official tools read it.
 
-    Uses :func:`util.palette.read_mask`; its errors are re-raised as MissingFileError /
-    CorruptFileError naming the file.
+    Uses :func:`util.palette.read_annotation` (RGB images are refused); its errors are
+    re-raised as MissingFileError / CorruptFileError naming the file.
     """
-    from util.palette import MaskReadError, read_mask
+    from util.palette import MaskReadError, read_annotation
 
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"mask file not found: {path}", path)
     try:
-        return read_mask(path)
+        return read_annotation(path)
     except MaskReadError as exc:
         raise CorruptFileError(str(exc), path) from exc
 

@@ -342,7 +342,7 @@ def check_consecutive_frames(frames: FrameSource, what: str) -> None:
     numbers = [int(n) for n in names]
     width = len(names[0])
     ext = frames.files[0].suffix if frames.files else ".jpg"
-    for prev, cur in zip(numbers, numbers[1:]):
+    for prev, cur in zip(numbers, numbers[1:], strict=False):
         if cur != prev + 1:
             missing = frames.path / f"{prev + 1:0{width}d}{ext}"
             raise DatasetNotFoundError(

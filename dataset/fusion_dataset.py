@@ -169,6 +169,10 @@ class FusionDataset(Dataset):
         """Select the sampling stream of ``epoch`` (call before each epoch)."""
         self.epoch = int(epoch)
 
+    def input_files(self) -> list:
+        """Every frame and annotation of the videos used (checked before step 0)."""
+        return [g for v in self.videos for g in v.input_files()]
+
     def __len__(self) -> int:
         return self.samples_per_video * len(self.names)
 

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 import torch
 
-from dataset.common import DatasetError, read_image, read_label_mask
+from dataset.common import MissingFileError, read_image, read_label_mask
 from dataset.vos_dataset import VideoEntry, _image_path, list_videos
 
 logger = logging.getLogger(__name__)
@@ -95,11 +95,13 @@ class _LazyFrames:
         return read_image(_image_path(self.video, self.video.frames[self.lo + i]))
 
 
-def reference_objects(labels: np.ndarray, min_pixels: int, max_objects: int) -> list[int]:
-    """Labels with more than ``min_pixels`` pixels (void 255 excluded), the first
-    ``max_objects`` of them in label order."""
+def reference_objects(labels: np.ndarray, min_pixels: int, max_objects: int,
+                      void: Sequence[int] = (255,)) -> list[int]:
+    """Labels with more than ``min_pixels`` pixels (void labels excluded: 255, and 254 in
+    DAVIS), the first ``max_objects`` of them in label order."""
     values, counts = np.unique(labels, return_counts=True)
-    keep = [int(v) for v, c in zip(values, counts) if v not in (0, 255) and c > min_pixels]
+    keep = [int(v) for v, c in zip(values, counts)
+            if v != 0 and int(v) not in void and c > min_pixels]
     return keep[:max_objects]
 
 
@@ -124,7 +126,8 @@ def generate_video(net: torch.nn.Module, video: VideoEntry, out_dir: Path,
     refs: dict[str, Any] = {}
     for r in range(0, n, sep):
         labels = read_label_mask(video.mask_dir / f"{video.frames[r]}.png")
-        objects = reference_objects(labels, settings["min_pixels"], settings["max_objects"])
+        objects = reference_objects(labels, settings["min_pixels"], settings["max_objects"],
+                                    video.void_labels)
         if not objects:
             continue
         lo, hi = (0, n) if rng_ is None else (max(0, r - rng_), min(n, r + rng_ + 1))
@@ -182,7 +185,14 @@ def generate_fusion_data(data_root: str | os.PathLike, prop_model: str | os.Path
         videos = videos[:max_videos]
     model_path = Path(prop_model)
     if not model_path.is_file():
-        raise FileNotFoundError(f"propagation model not found: {model_path}")
+        raise MissingFileError(f"{model_path}: propagation model not found (--prop-model)",
+                               model_path)
+    from util.errors import require_output_dir
+    from util.filecheck import prescan
+
+    require_output_dir(output)
+    # every frame and annotation, checked once before any work (names the first bad file)
+    prescan([g for v in videos for g in v.input_files()], what="fusion data videos")
 
     settings = FusionGenerationSettings(
         separation=int(separation), range=None if range_ is None else int(range_),
@@ -282,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0 = success, 2 = bad input)."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from model.checkpoint import CheckpointError
+    from util.errors import InputError, error_line
 
     subset = None if args.subset == "all" else args.subset
     if args.num_threads is not None:
@@ -294,8 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             top_k=args.top_k if args.top_k > 0 else None, min_pixels=args.min_pixels,
             max_objects=args.max_objects, subset=subset, device=args.device,
             progress=not args.no_progress, max_videos=args.max_videos)
-    except (DatasetError, FileNotFoundError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (InputError, FileNotFoundError, ValueError) as e:
+        print(error_line(e), file=sys.stderr)
         return 2
     return 0
 

@@ -35,6 +35,7 @@ from dataset import transforms as T
 from dataset.common import expand_roots, list_image_mask_pairs, read_pair, sample_rng
 from dataset.mask_perturb import perturb_mask
 from dataset.scribble_sim import scribbles_from_errors
+from util.filecheck import FileGroup
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class _StaticBase(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch`` (call before each epoch)."""
         self.epoch = int(epoch)
+
+    def input_files(self) -> list[FileGroup]:
+        """Every image and its grey-level mask (checked before step 0)."""
+        return [FileGroup(img, (mask,), label_masks=False) for img, mask in dict.fromkeys(self.pairs)]
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -81,7 +81,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from util.palette import atomic_write_bytes, read_mask, write_palette_png
+from util.palette import (
+    DAVIS_VOID_LABELS,
+    atomic_write_bytes,
+    object_ids,
+    read_annotation,
+    write_palette_png,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -954,9 +960,10 @@ def sequence_metadata(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
         pngs = sorted(d.glob("*.png"))
         if not pngs:
             continue
-        labels = [read_mask(p) for p in pngs]
+        labels = [read_annotation(p) for p in pngs]  # as the official tools read them
         h, w = labels[0].shape
-        n_obj = int(max(int(m.max()) for m in labels))
+        # the largest object id (254 and 255 are void in DAVIS, never objects)
+        n_obj = max((max(object_ids(m, DAVIS_VOID_LABELS), default=0) for m in labels), default=0)
         n_scr = len(list((root / SCRIBBLES_DIR / d.name).glob("*.json")))
         meta[d.name] = SequenceSpec(d.name, len(pngs), h, w, max(n_obj, 1), n_scr,
                                     "val" if (not val or d.name in val) else "train"
@@ -1299,7 +1306,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Generate a preset; 0 on success, 2 for bad input (e.g. --out is a file), one line."""
+    from util.errors import InputError, report, require_output_dir
+
     args = _build_parser().parse_args(argv)
+    try:
+        require_output_dir(args.out, "--out")
+        return _main(args)
+    except (InputError, FileExistsError) as exc:
+        return report(exc)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:

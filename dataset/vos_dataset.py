@@ -55,6 +55,8 @@ from dataset.common import (
     read_label_mask,
     sample_rng,
 )
+from util.filecheck import FileGroup
+from util.palette import DAVIS_VOID_LABELS, VOID_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,6 @@ DAVIS_LAYOUT_HINT = ("DAVIS layout: <root>/JPEGImages/480p/<video>/*.jpg and "
 PLAIN_LAYOUT_HINT = ("YouTube-VOS/BL30K layout: <root>/JPEGImages/<video>/*.jpg and "
                      "<root>/Annotations/<video>/*.png")
 
-VOID_LABEL = 255
 
 
 def max_jump_for_epoch(epoch: int, total_epochs: int,
@@ -129,12 +130,24 @@ def sample_frame_indices(n_frames: int, max_jump: int, rng: np.random.Generator,
 
 @dataclass(frozen=True)
 class VideoEntry:
-    """One training video: its name, frame stems (sorted) and the two folders."""
+    """One training video: its name, frame stems (sorted), the two folders and the layout
+    (``davis`` or ``plain``), which decides the void labels (:meth:`void_labels`)."""
 
     name: str
     frames: tuple[str, ...]
     image_dir: Path
     mask_dir: Path
+    layout: str = "plain"
+
+    @property
+    def void_labels(self) -> tuple[int, ...]:
+        """Labels that are never objects: 255, and 254 in DAVIS."""
+        return DAVIS_VOID_LABELS if self.layout == "davis" else (VOID_LABEL,)
+
+    def input_files(self) -> list[FileGroup]:
+        """Every frame with its annotation (for :func:`util.trainer.prescan_dataset`)."""
+        return [FileGroup(_image_path(self, stem), (self.mask_dir / f"{stem}.png",))
+                for stem in self.frames]
 
 
 def _read_subset(subset: str | os.PathLike | Sequence[str] | None) -> list[str] | None:
@@ -189,19 +202,23 @@ def list_videos(root: str | os.PathLike, subset: str | os.PathLike | Sequence[st
         vid_img, vid_ann = img_root / name, ann_root / name
         if not vid_img.is_dir():
             raise MissingFileError(f"video {name!r} has no frame folder {vid_img}", vid_img)
-        frames = sorted(p.stem for p in vid_img.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+        frames = sorted(p.stem for p in vid_img.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")
+                        and not p.name.startswith("."))
         if len(frames) < min_frames:
             skipped += 1
             continue
         if not vid_ann.is_dir():
             raise MissingFileError(f"video {name!r} has no annotation folder {vid_ann}", vid_ann)
-        have = {p.stem for p in vid_ann.iterdir() if p.suffix.lower() == ".png"}
+        have = {p.stem for p in vid_ann.iterdir() if p.suffix.lower() == ".png"
+                and not p.name.startswith(".")}
         for f in frames:
             if f not in have:
                 raise MissingFileError(
                     f"frame {vid_img / f}.jpg has no annotation: expected {vid_ann / f}.png",
                     vid_ann / f"{f}.png")
-        videos.append(VideoEntry(name, tuple(frames), vid_img, vid_ann))
+        if layout == "davis":
+            _check_davis_frames(vid_img, frames, have)
+        videos.append(VideoEntry(name, tuple(frames), vid_img, vid_ann, layout))
     if skipped:
         logger.info("%s: skipped %d videos with fewer than %d frames", root, skipped, min_frames)
     if not videos:
@@ -210,6 +227,21 @@ def list_videos(root: str | os.PathLike, subset: str | os.PathLike | Sequence[st
                            img_root)
     logger.info("%s: %d videos (%s layout)", root, len(videos), layout)
     return videos
+
+
+def _check_davis_frames(img_dir: Path, frames: list[str], annotated: set[str]) -> None:
+    """DAVIS frames are numbered 00000, 00001, ...: a gap, or an annotation without its frame,
+    is a missing frame file (named)."""
+    for stem in sorted(annotated - set(frames)):
+        raise MissingFileError(f"{img_dir / stem}.jpg: frame missing (its annotation exists)",
+                               img_dir / f"{stem}.jpg")
+    if frames and all(f.isdigit() for f in frames):
+        numbers = [int(f) for f in frames]
+        for prev, cur in zip(numbers, numbers[1:], strict=False):
+            if cur != prev + 1:
+                missing = img_dir / f"{prev + 1:0{len(frames[0])}d}.jpg"
+                raise MissingFileError(f"{missing}: frame missing (frames {frames[0]}.."
+                                       f"{frames[-1]} must be consecutive)", missing)
 
 
 def _image_path(video: VideoEntry, stem: str) -> Path:
@@ -291,6 +323,10 @@ class VOSClipDataset(Dataset):
         self.frame_colour = T.ColorJitter(0.01, 0.01, 0.01, 0.0)
 
     # -- bookkeeping
+    def input_files(self) -> list[FileGroup]:
+        """Every frame and annotation this dataset reads (checked before step 0)."""
+        return [g for v in self.videos for g in v.input_files()]
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch`` (call before each epoch)."""
         self.epoch = int(epoch)
@@ -336,9 +372,11 @@ class VOSClipDataset(Dataset):
             out_m.append(mask)
         return out_i, out_m
 
-    def usable_labels(self, masks: list[np.ndarray]) -> list[int]:
-        """Object labels of the first frame (BL30K size rules applied when enabled)."""
-        labels = [int(v) for v in np.unique(masks[0]) if v != 0 and v != VOID_LABEL]
+    def usable_labels(self, masks: list[np.ndarray],
+                      void: tuple[int, ...] = (VOID_LABEL,)) -> list[int]:
+        """Object labels of the first frame, void labels excluded (BL30K size rules applied
+        when enabled)."""
+        labels = [int(v) for v in np.unique(masks[0]) if v != 0 and int(v) not in void]
         if not self.bl30k:
             return labels
         keep = []
@@ -359,7 +397,7 @@ class VOSClipDataset(Dataset):
         for attempt in range(self.max_tries):
             idx = sample_frame_indices(len(video.frames), self.effective_max_jump, rng)
             images, masks = self._augment(*self._load_clip(video, idx), rng)
-            labels = self.usable_labels(masks)
+            labels = self.usable_labels(masks, video.void_labels)
             if labels:
                 target = labels[int(rng.integers(len(labels)))]
                 rest = [lab for lab in labels if lab != target]

@@ -404,8 +404,13 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
     called for ``(prop_net, fusion_net, s2m_net)`` only when a sample has to run.
     """
     from util.errors import require_output_dir
-    from util.fingerprint import (FingerprintMismatch, check_fingerprint, load_fingerprint,
-                                  make_fingerprint, save_fingerprint)
+    from util.fingerprint import (
+        FingerprintMismatch,
+        check_fingerprint,
+        load_fingerprint,
+        make_fingerprint,
+        save_fingerprint,
+    )
 
     root = check_davis_root(config.davis_root, config.subset)
     out = Path(config.output)

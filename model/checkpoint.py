@@ -75,9 +75,12 @@ class CheckpointMismatchError(CheckpointError, RuntimeError):
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.shape_mismatch = list(shape_mismatch)
+        self.path = os.fspath(path)
+        if not network and not hint:  # raised without them (e.g. by a custom loader)
+            network, hint = _hint_from_lists(self.path, self.missing, self.unexpected,
+                                             self.shape_mismatch)
         self.network = network
         self.hint = hint
-        self.path = os.fspath(path)
         super().__init__(self._message(), path)
 
     def _message(self) -> str:
@@ -183,6 +186,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = torch.load(name, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF, ...)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first_line = first_line.split(". ")[0]  # torch appends paragraphs of advice
         raise CheckpointFormatError(
             f"{name!r} is not a readable PyTorch checkpoint (truncated, corrupt or another "
             f"format; {type(e).__name__}: {first_line})"
@@ -252,6 +256,33 @@ def _describe(key: tuple[str, str, bool]) -> str:
     return f"{preset} {'single-object ' if single else ''}{kind}"
 
 
+def _hint_from_lists(path: str, missing: Sequence[str], unexpected: Sequence[str],
+                     shape_mismatch: Sequence[ShapeMismatch]) -> tuple[str, str]:
+    """:func:`mismatch_hint` when only the file and the differences are known: the network's
+    tensors are the file's, minus the unexpected ones, plus the missing ones, with the
+    network's shapes where they differ."""
+    try:
+        state = load_state_dict_file(path)
+        drop = set(unexpected)
+        net_shapes = {k: tuple(v.shape) for k, v in state.items() if k not in drop}
+        net_shapes.update({k: tuple(net) for k, _, net in shape_mismatch})
+        keys = set(net_shapes) | set(missing)
+        candidates = []
+        for key, ref in reference_shapes().items():
+            ref_keys = set(ref)
+            if {k for k in keys if k.rsplit(".", 1)[-1] != NUM_BATCHES_TRACKED} != ref_keys:
+                continue
+            if all(ref[k] == shp for k, shp in net_shapes.items() if k in ref):
+                candidates.append(key)
+        if len({(kind, preset) for kind, preset, _ in candidates}) != 1:
+            return _hint_for(state, None)
+        # without shapes to tell them apart, the multi-object propagation network is meant
+        return _hint_for(state, sorted(candidates, key=lambda c: c[2])[0])
+    except Exception:  # noqa: BLE001 - a hint must never hide the real error
+        logger.debug("no checkpoint hint", exc_info=True)
+        return "", ""
+
+
 def mismatch_hint(state: Mapping[str, torch.Tensor], network: nn.Module) -> tuple[str, str]:
     """(what the network is, what to do) for a checkpoint that does not load into it.
 
@@ -259,11 +290,15 @@ def mismatch_hint(state: Mapping[str, torch.Tensor], network: nn.Module) -> tupl
     asks for ``--preset``, a file of another kind names the option that takes it.
     """
     try:
-        expected = identify_state_dict(network.state_dict())
-        found = identify_state_dict(state)
+        return _hint_for(state, identify_state_dict(network.state_dict()))
     except Exception:  # noqa: BLE001 - a hint must never hide the real error
         logger.debug("no checkpoint hint", exc_info=True)
         return "", ""
+
+
+def _hint_for(state: Mapping[str, torch.Tensor],
+              expected: tuple[str, str, bool] | None) -> tuple[str, str]:
+    found = identify_state_dict(state)
     net_desc = _describe(expected) if expected else ""
     if found is None or found == expected:
         return net_desc, ""
@@ -276,9 +311,10 @@ def mismatch_hint(state: Mapping[str, torch.Tensor], network: nn.Module) -> tupl
         return net_desc, (f"{what} (propagation stage s0): the multi-object network loads it "
                           f"through train_prop.py --load{extra}, which widens the memory encoder")
     flag = KIND_FLAGS.get(kind, "")
-    extra = f" --preset {preset}" if expected is not None and preset != expected[1] else ""
-    return net_desc, f"{what}, not a {expected[0] if expected else 'matching'} one: pass it to " \
-                     f"{flag}{extra}"
+    if expected is None:
+        return net_desc, f"{what} (it belongs to {flag} with --preset {preset})"
+    extra = f" --preset {preset}" if preset != expected[1] else ""
+    return net_desc, f"{what}, not a {expected[0]} one: pass it to {flag}{extra}"
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:

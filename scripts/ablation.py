@@ -20,6 +20,14 @@ Example (official weights on real DAVIS)::
         --s2m-model s2m.pth --prop-model propagation_model.pth --fusion-model fusion.pth
 
 Everything after ``--`` is passed to every evaluation (e.g. ``-- --device cuda --amp bf16``).
+
+Resuming: ``OUT/fingerprint.json`` records the data, the preset, the options passed to the
+evaluations (not ``--device``, ``--save-masks``, ``-v``) and the SHA-256 of every weight file;
+each row's folder has its own (see ``eval_davis_interactive.py``). A rerun with the same
+fingerprint skips every finished row (the evaluation rebuilds its summary without running the
+session), continues an interrupted one, and rebuilds the table and the plot. A rerun with
+another fingerprint stops with exit status 2 and a message naming what differs; ``--restart``
+discards the earlier results of the rows run (their folders) and starts them over.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -73,10 +82,41 @@ def plot(results: dict[str, dict], labels: dict[str, str], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    from util.fileio import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    tmp.replace(path)
+
+
+#: evaluation options that do not change a result (left out of the fingerprint)
+RUNTIME_FLAGS = {"--device": 1, "--save-masks": 0, "-v": 0, "--verbose": 0, "--restart": 0,
+                 "--no-resume": 0}
+
+
+def result_options(passthrough: list[str]) -> list[str]:
+    """The passed-through evaluation options that change results (runtime flags removed)."""
+    out, i = [], 0
+    while i < len(passthrough):
+        arg = passthrough[i]
+        name = arg.split("=", 1)[0]
+        if name in RUNTIME_FLAGS:
+            i += 1 + (RUNTIME_FLAGS[name] if "=" not in arg else 0)
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def ablation_fingerprint(args: argparse.Namespace, passthrough: list[str]) -> dict[str, Any]:
+    """Data, preset, result-changing evaluation options and the hash of each weight file."""
+    from util.fingerprint import make_fingerprint, weights_entry
+
+    config = {"davis": str(Path(args.davis).resolve()), "preset": args.preset,
+              "evaluation_options": result_options(passthrough)}
+    weights = {kind: weights_entry(path) for kind, path in (
+        ("s2m", args.s2m_model), ("propagation", args.prop_model),
+        ("fusion", args.fusion_model)) if path}
+    return make_fingerprint(config, weights, kind="ablation")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,12 +134,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="mivos", choices=["mivos", "lite"])
     p.add_argument("--rows", nargs="+", default=[r[0] for r in ROWS], choices=[r[0] for r in ROWS],
                    help="which rows to run (default: all)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the earlier results of the rows run (needed when they were made "
+                        "with other settings or weights) and start them over")
     args = p.parse_args(argv)
 
+    from util.errors import InputError, report
+
+    try:
+        return _run(args, passthrough)
+    except (InputError, FileNotFoundError) as exc:
+        return report(exc)
+
+
+def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     import eval_davis_interactive
+    from util.errors import require_output_dir
+    from util.fileio import atomic_save_json, atomic_write_text
+    from util.fingerprint import check_fingerprint, load_fingerprint, save_fingerprint
 
     out = Path(args.output)
+    require_output_dir(out)
+    fingerprint = ablation_fingerprint(args, passthrough)
+    if not args.restart:
+        check_fingerprint(load_fingerprint(out), fingerprint, out, "--restart")
+    else:  # discard up front, so that a restart killed half-way resumes without --restart
+        import shutil
+
+        for key in args.rows:
+            if (out / key).is_dir():
+                shutil.rmtree(out / key)
+        for name in ("table5.md", "table5.json", "table5_curves.png"):
+            if (out / name).is_file():
+                (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
+    save_fingerprint(out, fingerprint)
     labels = {key: label for key, label, _ in ROWS}
     results: dict[str, dict] = {}
     for key, label, flags in ROWS:
@@ -112,14 +181,17 @@ def main(argv: list[str] | None = None) -> int:
             if value:
                 cmd += [flag, value]
         print(f"== {label}: eval_davis_interactive.py {' '.join(cmd + passthrough)}", flush=True)
-        eval_davis_interactive.main(cmd + passthrough)
+        rc = eval_davis_interactive.main(cmd + passthrough)
+        if rc != 0:
+            print(f"error: row {key!r} ({row_out}) stopped with exit status {rc}", file=sys.stderr)
+            return rc
         results[key] = json.loads((row_out / "summary.json").read_text())
 
     md = table(results, labels)
-    (out / "table5.md").write_text(
-        "# DAVIS interactive ablation (layout of the paper's Table 5)\n\n"
-        f"Data: `{args.davis}`; preset `{args.preset}`.\n\n{md}\n")
-    (out / "table5.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "table5.md",
+                      "# DAVIS interactive ablation (layout of the paper's Table 5)\n\n"
+                      f"Data: `{args.davis}`; preset `{args.preset}`.\n\n{md}\n")
+    atomic_save_json(out / "table5.json", results)
     plot(results, labels, out / "table5_curves.png")
     print(md)
     return 0

@@ -23,6 +23,13 @@ interrupted one stopped; the trainers also resume from their last resumable chec
 6. ``report``: ``OUT/report.md`` with the table, the J&F-vs-time curves, an overlay grid of the
    difference-aware row's final masks, the final J&F and the time of every step.
 
+Resuming: ``OUT/fingerprint.json`` records the resolved settings of the run (everything below
+that changes a result; not ``--device``, ``--num-threads``, ``--num-workers``, ``--rows``). A
+rerun with the same fingerprint skips every finished step (the ablation skips its finished
+rows and rebuilds its table) and continues an interrupted one; a rerun with another
+fingerprint stops with exit status 2 and names what differs; ``--restart`` deletes the earlier
+run's data, checkpoints, evaluations and report and starts over.
+
 The iteration counts (about 15 minutes of training on 2 CPU cores) are multiplied by
 ``--scale`` and can be set one by one. ``--mini`` is the CI variant: tiny data, a few
 iterations, 3 interactions, rows ``diff`` and ``oracle`` (well under 2 minutes).
@@ -87,7 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", choices=ROW_KEYS, default=None,
                    help="ablation rows (default: all; --mini: diff oracle)")
     p.add_argument("--device", default="cpu", help="device of training and evaluation")
+    p.add_argument("--restart", action="store_true",
+                   help="delete the earlier run in --output (needed when it was made with other "
+                        "settings) and start over")
     return p
+
+
+#: settings that do not change a result (left out of the fingerprint)
+RUNTIME_SETTINGS = ("num_workers", "rows")
+
+
+def run_fingerprint(args, cfg: dict) -> dict:
+    """Everything that changes the quickstart's results: the resolved settings, seed and LR."""
+    from util.fingerprint import make_fingerprint
+
+    config = {k: v for k, v in cfg.items() if k not in RUNTIME_SETTINGS}
+    config.update(seed=args.seed, prop_lr=args.prop_lr)
+    return make_fingerprint(config, kind="quickstart")
+
+
+def discard_run(paths: "Paths") -> None:
+    """--restart: delete what an earlier run wrote (only the quickstart's own files)."""
+    import shutil
+
+    from util.fingerprint import FINGERPRINT_FILE
+
+    for d in (paths.data, paths.train, paths.ablation):
+        if d.is_dir():
+            shutil.rmtree(d)
+    for f in (paths.report, paths.timings, paths.overlay, paths.out / FINGERPRINT_FILE):
+        if f.is_file():
+            f.unlink()
 
 
 # ============================================================================ settings
@@ -291,14 +328,17 @@ def empty_prediction_floor(val_root: Path) -> float | None:
     ensure_compat()
     from davisinteractive.metrics import batched_f_measure, batched_jaccard
 
+    from dataset.synthetic import sequence_metadata
+
     listing = val_root / "ImageSets" / "2017" / "val.txt"
     if not listing.is_file():
         return None
+    meta = sequence_metadata(val_root)
     scores = []
     for seq in listing.read_text().split():
-        files = sorted((val_root / "Annotations" / "480p" / seq).glob("*.png"))
+        files = sorted((val_root / "Annotations" / "480p" / seq).glob("[0-9]*.png"))
         gt = np.stack([read_mask(f) for f in files])
-        k = int(gt[0].max())
+        k = int(meta[seq]["num_objects"])  # the session's object count (its metadata)
         empty = np.zeros_like(gt)
         j = batched_jaccard(gt, empty, average_over_objects=False, nb_objects=k)
         f = batched_f_measure(gt, empty, average_over_objects=False, nb_objects=k)
@@ -365,11 +405,36 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    from util.errors import InputError, report
+
+    try:
+        return _main(args)
+    except (InputError, FileNotFoundError) as exc:
+        return report(exc)
+
+
+def _main(args) -> int:
+    from util.errors import require_output_dir
     from util.fileio import atomic_save_json
+    from util.fingerprint import check_fingerprint, load_fingerprint, save_fingerprint
 
     cfg = settings(args)
     paths = Paths(Path(args.output))
+    require_output_dir(paths.out)
+    fingerprint = run_fingerprint(args, cfg)
+    if args.restart:
+        discard_run(paths)
+    else:
+        stored = load_fingerprint(paths.out)
+        if stored is None and paths.timings.is_file():
+            from util.fingerprint import FingerprintMismatch
+
+            raise FingerprintMismatch(
+                f"{paths.out} holds a quickstart run without a fingerprint (an older version's "
+                "run); use another --output, or --restart to delete it", paths.out)
+        check_fingerprint(stored, fingerprint, paths.out, "--restart")
     paths.out.mkdir(parents=True, exist_ok=True)
+    save_fingerprint(paths.out, fingerprint)
     timings: dict = json.loads(paths.timings.read_text()) if paths.timings.is_file() else {}
     common = common_train_args(cfg, paths, args)
     it = cfg["iterations"]

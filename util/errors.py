@@ -72,7 +72,9 @@ def require_output_dir(path: str | os.PathLike, flag: str = "--output") -> None:
     while True:
         if os.path.exists(p):
             if not os.path.isdir(p):
-                raise OutputPathError(f"{flag} {os.fspath(path)}: {p} is a file, not a folder", path)
+                given = os.fspath(path)
+                where = "is a file" if p == os.path.abspath(given) else f"lies under the file {p}"
+                raise OutputPathError(f"{given}: output folder ({flag}) {where}, not a folder", path)
             return
         parent = os.path.dirname(p)
         if parent == p:

@@ -854,6 +854,9 @@ def start_run(config_cls: type, argv: Sequence[str] | None, *, prog: str, descri
             cfg = apply_overrides(config_from_dict(config_cls, stored, str(resume_path)),
                                   overrides, scale=False)
             cfg.validate()
+    from util.errors import require_output_dir
+
+    require_output_dir(cfg.output)
     info, device = init_distributed(cfg.device)
     run_dir = Path(cfg.output)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -919,19 +922,49 @@ class TrainingParts:
     configure_data: Callable[[DataStream], None] | None = None
 
 
+def prescan_dataset(dataset: Dataset, info: DistInfo = DistInfo()) -> int:
+    """Check every file a training set will read, once, before step 0 (fast header checks,
+    :func:`util.filecheck.prescan`): a missing, empty, truncated or undecodable file, a mask of
+    another size than its image, an RGB annotation. Datasets take part by providing
+    ``input_files() -> list[util.filecheck.FileGroup]``. Under DDP each rank checks a share and
+    every rank raises the first problem found by any. Returns the number of files checked here."""
+    from util.errors import InputError
+    from util.filecheck import prescan
+
+    groups = [g for ds in iter_datasets(dataset) if hasattr(ds, "input_files")
+              for g in ds.input_files()]
+    groups = list(dict.fromkeys(groups))
+    error: InputError | None = None
+    checked = 0
+    try:
+        checked = prescan(groups[info.rank::info.world_size])
+    except InputError as exc:
+        error = exc
+    if info.distributed and dist.is_initialized():
+        messages: list[Any] = [None] * info.world_size
+        dist.all_gather_object(messages, None if error is None else (str(error), error.path))
+        first = next((m for m in messages if m is not None), None)
+        if first is not None and error is None:
+            error = InputError(first[0], first[1])
+    if error is not None:
+        raise error
+    return checked
+
+
 def run_training(config_cls: type, argv: Sequence[str] | None, *, prog: str, description: str,
                  build: Callable[[RunContext], TrainingParts],
                  after: Callable[[RunContext], None] | None = None) -> int:
     """The entry point shared by the three trainers: start the run, ``build`` its parts,
-    train, finish. Returns 0 on success and 2 for bad input (config, data, checkpoint or a
-    missing file), whose message names the problem; the process group is always torn down."""
-    from dataset.common import DatasetError
-    from model.checkpoint import CheckpointError
+    check the training files (:func:`prescan_dataset`), train, finish. Returns 0 on success and
+    2 for bad input (config, data, checkpoint, a missing file, an output path that is a file),
+    reported as one line ``error: <file>: <problem>``; the process group is always torn down."""
     from util.config import ConfigError
+    from util.errors import InputError, error_line
 
     try:
         ctx = start_run(config_cls, argv, prog=prog, description=description)
         parts = build(ctx)
+        prescan_dataset(parts.dataset, ctx.dist)
         cfg = ctx.config
         data = DataStream(parts.dataset, cfg.batch_size, ctx.dist, seed=cfg.seed,
                           num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
@@ -944,9 +977,11 @@ def run_training(config_cls: type, argv: Sequence[str] | None, *, prog: str, des
         if after is not None:
             after(ctx)
         return 0
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
-        logging.getLogger(prog.removesuffix(".py")).error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, InputError, FileNotFoundError) as e:
+        line = error_line(e)
+        logging.getLogger(prog.removesuffix(".py")).error("%s", line.removeprefix("error: "))
+        logging.getLogger(prog.removesuffix(".py")).debug("bad input", exc_info=True)
+        print(line, file=sys.stderr)
         return 2
     finally:
         cleanup_distributed()
