@@ -382,7 +382,7 @@ def write_report(cfg: dict, paths: Paths, timings: dict, results: dict, floor: f
         lines += ["## Ablation (layout of the paper's Table 5)", "", body, ""]
     curves = paths.ablation / "table5_curves.png"
     if curves.is_file():
-        lines += ["## J&F against time", "",
+        lines += ["## J&F against time and after each interaction", "",
                   f"![J&F vs time]({curves.relative_to(paths.out).as_posix()})", ""]
     if caption:
         lines += ["## Example frames (difference-aware fusion, final masks; ground truth below)",

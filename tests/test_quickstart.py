@@ -59,6 +59,20 @@ def test_quickstart_mini_end_to_end_and_resume(tmp_path, capsys):
     floor = sum(per_sample) / len(per_sample)
     assert f"all-background answer scores J&F {floor:.3f}" in text
     assert (out / "ablation" / "table5_curves.png").is_file()
+    # per-sequence scores reproduce the official curve's last point, and the paired interval
+    # of perfect interaction against difference-aware fusion is in the report
+    from inference.davis_interactive import per_interaction_scores
+
+    ablation = load_script("ablation")
+    for row in rows:
+        seqs = ablation.sequence_scores(out / "ablation" / row / "report.csv")
+        total = sum(v[0] for v in seqs.values()) / sum(v[1] for v in seqs.values())
+        summary = json.loads((out / "ablation" / row / "summary.json").read_text())
+        assert total == pytest.approx(per_interaction_scores(summary)[-1], abs=1e-9)
+    ci = json.loads((out / "ablation" / "table5_intervals.json").read_text())
+    assert set(ci) == {"oracle-diff"}
+    assert ci["oracle-diff"]["low"] <= ci["oracle-diff"]["difference"] <= ci["oracle-diff"]["high"]
+    assert "Paired bootstrap over sequences" in text and "perfect interaction - difference-aware fusion" in text
     overlay = out / "overlay_diff.png"
     assert overlay.is_file() and overlay.stat().st_size > 0
     from PIL import Image
