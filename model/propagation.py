@@ -312,9 +312,13 @@ class PropagationNetwork(nn.Module):
                 "memory keys/values must be B x C x T x h x w or B x C x N, got "
                 f"{tuple(mem_key.shape)} and {tuple(mem_value.shape)}"
             )
-        query = query.expand(mem_key.shape[0])
-        readout = self.read(query.key, mem_key, mem_value, top_k, km_sigma, memory_budget)
-        x = torch.cat([readout, query.value], dim=1)  # B x 2CV x h x w
+        shared = query.expand(mem_key.shape[0])
+        readout = self.read(shared.key, mem_key, mem_value, top_k, km_sigma, memory_budget)
+        x = torch.cat([readout, shared.value], dim=1)  # B x 2CV x h x w
+        # The skip features keep their own batch: for a frame shared by all objects (batch 1)
+        # the decoder's skip branches run once per frame and their sum with the upsampled
+        # object features broadcasts over the objects, as in the original (an expanded copy
+        # would run them once per object).
         return self.decoder(x, query.f8, query.f4)
 
     def attention_transfer(
