@@ -33,11 +33,12 @@ from model.train_wrappers import (
     propagation_loss,
 )
 from tests.test_checkpoint import last_line, random_state, read_manifest
+from util import amp
+from util.amp import auto_amp
 from util.config import (
     ConfigError,
     FusionTrainConfig,
     PropTrainConfig,
-    auto_amp,
     config_from_dict,
     config_to_dict,
     resolve_config,
@@ -513,14 +514,12 @@ def test_stcn_stage_presets_follow_the_spec():
 
 
 def test_cli_resolves_stcn_recipe_and_auto_amp(monkeypatch, tmp_path):
-    import util.config as config
-
-    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(amp, "native_bf16", lambda: False)
     cfg, _ = resolve_config(PropTrainConfig, ["--arch", "stcn", "--stage", "s1", "--iterations",
                                               "1000", "--output", "o", "--device", "cpu"])
     assert cfg.amp == "none"  # never bf16 autocast on a CPU without native bf16
     assert cfg.lr_steps == (800,) and cfg.name == "stcn_s1"  # 400K of 500K, scaled
-    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(amp, "native_bf16", lambda: True)
     cfg, _ = resolve_config(PropTrainConfig, ["--arch", "stcn", "--preset", "lite", "--output",
                                               "o", "--device", "cpu"])
     assert (cfg.amp, cfg.batch_size, cfg.crop_size, cfg.stage) == ("bf16", 4, 96, "s0")
@@ -535,18 +534,15 @@ def test_cli_resolves_stcn_recipe_and_auto_amp(monkeypatch, tmp_path):
         resolve_config(PropTrainConfig, ["--imagenet-value", "x.pth", "--output", "o"])
 
 
-def test_cpu_bf16_detection(monkeypatch):
-    import util.config as config
-
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert config.cpu_has_native_bf16() is False
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
-    assert config.cpu_has_native_bf16() is False
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
-    assert config.cpu_has_native_bf16() is True
+def test_auto_amp_follows_native_bf16(monkeypatch):
+    """--amp auto through util.amp: bf16 only where util.amp.native_bf16 says the CPU has it."""
+    for level, native in (("AVX2", False), ("DEFAULT", False), ("AVX512_BF16", True)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda level=level: level)
+        assert amp.native_bf16() is native
+        assert auto_amp("cpu") == ("bf16" if native else None)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert auto_amp(None) == "none"
+    assert auto_amp(None) is None
 
 
 # ============================================================================ trainers

@@ -1,15 +1,19 @@
-"""Mixed precision (autocast): one spelling and one helper for every inference path.
+"""Mixed precision (autocast): one spelling and one helper for every inference and training path.
 
 Canonical names are ``None`` (float32), ``"bf16"`` and ``"fp16"``. The long spellings
 ``"bfloat16"`` / ``"float16"`` (used by older configurations, e.g. ``InferenceConfig.amp``) and
-``"none"`` (the trainers' spelling of float32) are accepted everywhere and mean the same.
+``"none"`` (the trainers' spelling of float32) are accepted everywhere and mean the same. The
+trainers' ``--amp`` also takes ``"auto"`` (:data:`AMP_FLAG_CHOICES`), resolved per device by
+:func:`auto_amp` before training starts.
 
 * :func:`canonical_amp` checks a name and returns its canonical spelling;
 * :func:`amp_dtype` gives the autocast dtype (None for float32);
 * :func:`autocast` is the context the networks run under. With ``amp=None`` it *disables*
   autocast, so that an outer autocast context cannot change a float32 computation;
 * :func:`native_bf16` tells whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), i.e.
-  whether bf16 autocast is likely to speed a CPU run up rather than emulate it.
+  whether bf16 autocast is likely to speed a CPU run up rather than emulate it;
+* :func:`auto_amp` is what ``--amp auto`` means on a device: fp16 on CUDA, bf16 on a CPU with
+  native bf16, float32 otherwise.
 
 This module imports nothing from ``model/``, ``dataset/`` or ``inference/``.
 """
@@ -20,10 +24,14 @@ import contextlib
 
 import torch
 
-__all__ = ["AMP_CHOICES", "AMP_DTYPES", "amp_dtype", "autocast", "canonical_amp", "native_bf16"]
+__all__ = ["AMP_CHOICES", "AMP_DTYPES", "AMP_FLAG_CHOICES", "amp_dtype", "auto_amp", "autocast",
+           "canonical_amp", "native_bf16"]
 
 #: the canonical names (None = float32)
 AMP_CHOICES: tuple[str | None, ...] = (None, "bf16", "fp16")
+
+#: the trainers' ``--amp`` values: float32 spelled ``"none"``, and ``"auto"`` (:func:`auto_amp`)
+AMP_FLAG_CHOICES: tuple[str, ...] = ("none", "bf16", "fp16", "auto")
 
 #: every accepted spelling -> autocast dtype
 AMP_DTYPES: dict[str, torch.dtype] = {
@@ -88,3 +96,17 @@ def native_bf16() -> bool:
     if not level.startswith("AVX512"):
         return False
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def auto_amp(device: torch.device | str | None) -> str | None:
+    """What ``--amp auto`` means on ``device`` (None: CUDA when available, else the CPU):
+    ``"fp16"`` on CUDA, ``"bf16"`` on a CPU with native bf16 (:func:`native_bf16`), else None
+    (float32: emulated bf16 would slow a CPU down)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "fp16"
+    if kind == "cpu" and native_bf16():
+        return "bf16"
+    return None

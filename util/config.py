@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from model.presets import PROPAGATION_ARCHS
+from util.amp import AMP_FLAG_CHOICES, auto_amp
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +56,7 @@ __all__ = [
     "config_from_dict",
     "save_config",
     "load_config_file",
-    "AMP_MODES",
-    "auto_amp",
-    "cpu_has_native_bf16",
 ]
-
-AMP_MODES = ("none", "bf16", "fp16", "auto")
 DATA_SOURCES = ("real", "synthetic")
 ARCH_PRESETS = ("mivos", "lite")
 
@@ -150,7 +146,7 @@ class TrainConfig:
                    "GradScaler on CUDA); auto = fp16 on CUDA, bf16 on a CPU with native bf16 "
                    "(AVX512_BF16 or AMX), else none (decided for the --device; the resolved "
                    "mode is what config.json records). The MiVOS reference trains in fp32, "
-                   "STCN with AMP", choices=AMP_MODES)
+                   "STCN with AMP", choices=AMP_FLAG_CHOICES)
 
     # ---- initialisation / resuming
     load: str | None = opt(None, "load network weights only (previous stage or official "
@@ -760,53 +756,10 @@ def apply_overrides(cfg: C, overrides: Mapping[str, Any], scale: bool = True) ->
     if "iterations" in values and scale:
         out = _scale_schedule(out, base_iterations, set(values))
     if out.amp == "auto":
-        out = replace(out, amp=auto_amp(out.device))
+        mode = auto_amp(out.device) or "none"
+        logger.info("--amp auto on %s: %s", out.device or "the default device", mode)
+        out = replace(out, amp=mode)
     return out
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX), so that bf16 autocast
-    speeds training up instead of emulating it.
-
-    ``torch.backends.cpu.get_cpu_capability()`` names the vector ISA torch dispatches to; a
-    level that names bf16 / AMX answers directly, anything below AVX512 has no native bf16, and
-    for AVX512 the CPU flags decide (Linux ``/proc/cpuinfo``: ``avx512_bf16`` / ``amx_bf16``).
-    """
-    import torch
-
-    capability = torch.backends.cpu.get_cpu_capability().upper()
-    if "AMX" in capability or "BF16" in capability:
-        return True
-    if not capability.startswith("AVX512"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def auto_amp(device: str | None) -> str:
-    """The mode ``--amp auto`` means on ``device`` (None: CUDA when available, as the trainers
-    choose): fp16 on CUDA, bf16 on a CPU with native bf16, else none."""
-    import torch
-
-    if device:
-        kind = torch.device(device).type
-    else:
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        mode = "fp16"
-    elif kind == "cpu" and cpu_has_native_bf16():
-        mode = "bf16"
-    else:
-        mode = "none"
-    logger.info("--amp auto on %s: %s", kind, mode)
-    return mode
 
 
 def resolve_config(cls: type[C], argv: Sequence[str] | None = None, *, prog: str | None = None,

@@ -34,7 +34,6 @@ False)``. A single process needs no launcher.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import math
@@ -56,6 +55,8 @@ import torch.nn as nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from model.checkpoint import save_weights, unwrap_model
+from util.amp import autocast, canonical_amp
+from util.device import resolve_device
 from util.logger import Integrator, TensorBoardWriter, git_hash, save_image_grid, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -111,20 +112,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
-    """``name`` as a device (None: CUDA when available, else CPU); ``cuda`` without an index
-    becomes ``cuda:<local_rank>``. Raises ValueError when CUDA is requested but unavailable."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def init_distributed(device_name: str | None) -> tuple[DistInfo, torch.device]:
@@ -587,7 +574,8 @@ class Trainer:
         device: this process's device.
         dist_info: distributed facts.
         iterations: total schedule length; ``stop_at``: stop earlier (resumable).
-        amp: ``"none"``, ``"bf16"`` or ``"fp16"``; ``grad_clip``: max global norm or None.
+        amp: an autocast name of :mod:`util.amp` (``"none"`` / None, ``"bf16"``, ``"fp16"``);
+            ``grad_clip``: max global norm or None.
         config: JSON-ready config dict stored in every resumable checkpoint.
         hooks: hooks in call order (see :meth:`default_hooks`).
     """
@@ -620,12 +608,9 @@ class Trainer:
         self.data_time = 0.0
         self.step_time = 0.0
 
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
-        self.amp = amp
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        use_scaler = amp == "fp16" and device.type == "cuda"
-        if amp == "fp16" and not use_scaler:
+        self.amp = canonical_amp(amp)  # None (float32), "bf16" or "fp16"
+        use_scaler = self.amp == "fp16" and device.type == "cuda"
+        if self.amp == "fp16" and not use_scaler:
             logger.warning("fp16 autocast on %s runs without a GradScaler", device.type)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
@@ -662,11 +647,6 @@ class Trainer:
         ]
 
     # -------------------------------------------------------------- loop
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def train(self) -> None:
         """Run from the current iteration to ``stop_iter`` (then the after_train hooks)."""
         self.task.set_train_mode(unwrap_model(self.model))
@@ -690,7 +670,7 @@ class Trainer:
         t0 = time.perf_counter()
         batch = to_device(next(self.data), self.device, non_blocking=True)
         t1 = time.perf_counter()
-        with self.autocast():
+        with autocast(self.device, self.amp):
             out = self.task.step(self.model, batch, self.iter)
         loss = out.loss
         if not torch.isfinite(loss.detach()).all():
