@@ -8,22 +8,28 @@ drive one :class:`PropagationEngine` per video. The engine owns
 * **frame preparation**: an ``H x W x 3`` uint8 array (or a ``3 x H x W`` tensor, uint8 or float
   in [0, 1]) becomes a padded, ImageNet-normalised ``1 x 3 x Hp x Wp`` tensor on the compute
   device (:meth:`PropagationEngine.prepare`), kept in a bounded cache (``image_cache`` frames);
-* the **query-feature cache** (up to ``feature_cache_mb``);
+* the **query-feature cache** (up to ``feature_cache_mb``; the most recent frame's features are
+  always kept, so that memorising the frame just segmented never encodes it again);
 * **autocast** (:func:`util.amp.autocast`; memory keys / values and probabilities leave the
   networks in float32);
 * **memory encoding** with the "others" mask (:func:`model.propagation.others_masks`: each
-  object's memory sees the sum of all other objects' masks), for all objects or a subset;
+  object's memory sees the sum of all other objects' masks), for all objects or a subset, and
+  the **memory banks** of the architecture's layout (:meth:`PropagationEngine.new_bank`: keys per
+  object, or one key per frame shared by all objects);
 * **segmenting** a frame from one or more memory banks (object groups): the per-object sigmoid
   outputs are soft-aggregated with background (:func:`model.aggregate.aggregate`) over either all
   objects (``objects=None``) or the listed (enabled) ones, whose other channels stay exactly 0;
 * the **memory-write rule** (:class:`MemoryWriteRule`): after a propagated frame, write it as a
-  permanent entry when ``|t - last_permanent| >= mem_every``, else into the temporary slot when
-  ``include_last``; never for the last frame of a pass. ``last_permanent`` starts at the frame
-  the pass starts from (interacted / annotated frame), which is always permanent.
+  permanent entry when ``|t - last_permanent| >= mem_every`` (``mem_anchor="start"``; or when
+  ``t`` is a multiple of ``mem_every``, ``mem_anchor="zero"``), else into the temporary slot
+  when ``include_last``; never for the last frame of a pass. ``last_permanent`` starts at the
+  frame the pass starts from (interacted / annotated frame), which is always permanent.
 
-The memory *read* itself is :func:`model.memory.read_memory` (through the network's ``segment``).
-What a schedule decides on its own: which frames it visits, what it does with a result (fusion,
-storage, output resizing) and which objects are enabled.
+Every network call goes through the architecture's adapter (:mod:`inference.arch`, chosen from
+the network by :func:`inference.arch.adapter_for`); the architectures' schedules differ only in
+the settings of the write rule. The memory *read* itself is :func:`model.memory.read_memory`
+(through the network's ``segment``). What a schedule decides on its own: which frames it visits,
+what it does with a result (fusion, storage, output resizing) and which objects are enabled.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.arch import MEM_ANCHORS, adapter_for
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
 from model.propagation import others_masks
@@ -57,20 +64,26 @@ class MemoryWriteRule:
 
     * ``None`` for the last frame of the pass (nothing reads it);
     * :data:`PERMANENT` when ``|t - last_permanent| >= mem_every`` (``last_permanent`` becomes
-      ``t``): frames ``start ± mem_every, ± 2 mem_every, ...`` counted from ``start``;
+      ``t``): frames ``start ± mem_every, ± 2 mem_every, ...`` counted from ``start``; with
+      ``anchor="zero"`` instead when ``t`` is a multiple of ``mem_every`` (absolute frame
+      indices, STCN's semi-supervised schedule);
     * :data:`TEMPORARY` otherwise when ``include_last``: the previous frame stays readable in the
       temporary slot until the next write replaces it;
     * ``None`` otherwise.
 
     :meth:`restart` starts the count again from a new permanent frame (a frame annotated in the
-    middle of a semi-supervised pass).
+    middle of a semi-supervised pass; no effect on the count with ``anchor="zero"``).
     """
 
-    def __init__(self, mem_every: int, include_last: bool, start: int) -> None:
+    def __init__(self, mem_every: int, include_last: bool, start: int,
+                 anchor: str = "start") -> None:
         if mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {mem_every}")
+        if anchor not in MEM_ANCHORS:
+            raise ValueError(f"anchor must be one of {MEM_ANCHORS}, got {anchor!r}")
         self.mem_every = mem_every
         self.include_last = include_last
+        self.anchor = anchor
         self.last_permanent = start
 
     def restart(self, t: int) -> None:
@@ -81,7 +94,11 @@ class MemoryWriteRule:
         """Where propagated frame t goes: :data:`PERMANENT`, :data:`TEMPORARY` or None."""
         if last:
             return None
-        if abs(t - self.last_permanent) >= self.mem_every:
+        if self.anchor == "zero":
+            due = t % self.mem_every == 0
+        else:
+            due = abs(t - self.last_permanent) >= self.mem_every
+        if due:
             self.last_permanent = t
             return PERMANENT
         if self.include_last:
@@ -119,7 +136,8 @@ class PropagationEngine:
 
     Args:
         prop_net: a :class:`model.propagation.PropagationNetwork` (or any network with
-            ``encode_query``, ``encode_memory``, ``segment`` and ``attention_transfer``).
+            ``encode_query``, ``encode_memory``, ``segment`` and ``attention_transfer``) or a
+            :class:`model.stcn.STCNNetwork`; driven through :func:`inference.arch.adapter_for`.
         size: (H, W) of the frames (every frame must have it).
         device: where the networks run.
         frames: the video's frames for :meth:`image` (lazy sequences are fine); None when the
@@ -127,7 +145,7 @@ class PropagationEngine:
         top_k, memory_budget, km_sigma: options of the memory read (``memory_budget`` and
             ``km_sigma`` are passed to the network only when set).
         amp: autocast name (:mod:`util.amp`).
-        mem_every, include_last: the memory-write rule (:class:`MemoryWriteRule`).
+        mem_every, include_last, mem_anchor: the memory-write rule (:class:`MemoryWriteRule`).
         image_cache: padded, normalised frames kept (0: none).
         feature_cache_mb: query features kept for reuse (0: none).
     """
@@ -145,10 +163,12 @@ class PropagationEngine:
         amp: str | None = None,
         mem_every: int = 5,
         include_last: bool = True,
+        mem_anchor: str = "start",
         image_cache: int = 0,
         feature_cache_mb: float = 0.0,
     ) -> None:
         self.prop_net = prop_net
+        self.adapter = adapter_for(prop_net)
         self.device = torch.device(device)
         self.frames = frames
         self.height, self.width = int(size[0]), int(size[1])
@@ -158,6 +178,9 @@ class PropagationEngine:
         self.amp = amp_util.canonical_amp(amp)
         self.mem_every = mem_every
         self.include_last = include_last
+        if mem_anchor not in MEM_ANCHORS:
+            raise ValueError(f"mem_anchor must be one of {MEM_ANCHORS}, got {mem_anchor!r}")
+        self.mem_anchor = mem_anchor
         self.image_cache = image_cache
         self.feature_cache_mb = feature_cache_mb
 
@@ -167,6 +190,12 @@ class PropagationEngine:
         self._images: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._features: OrderedDict[int, Any] = OrderedDict()
         self._feature_bytes = 0
+        self._last_features: tuple[int, Any] | None = None  # the most recent frame, always kept
+
+    @property
+    def arch(self) -> str:
+        """The architecture of the network (:mod:`inference.arch`)."""
+        return self.adapter.arch
 
     # ------------------------------------------------------------------ autocast
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -216,13 +245,17 @@ class PropagationEngine:
         return self.prepare(t, self.frames[t])
 
     def query_features(self, t: int) -> Any:
-        """Query-encoder outputs of frame t (cached up to ``feature_cache_mb``)."""
+        """Query-encoder outputs of frame t (cached up to ``feature_cache_mb``; the most recent
+        frame's are always kept)."""
         cached = self._features.get(t)
         if cached is not None:
             self._features.move_to_end(t)
             return cached
+        if self._last_features is not None and self._last_features[0] == t:
+            return self._last_features[1]
         with self.autocast():
-            feats = self.prop_net.encode_query(self.image(t))
+            feats = self.adapter.encode_query(self.image(t))
+        self._last_features = (t, feats)
         budget = self.feature_cache_mb * 2**20
         if budget > 0:
             self._features[t] = feats
@@ -237,6 +270,7 @@ class PropagationEngine:
         self._images.clear()
         self._features.clear()
         self._feature_bytes = 0
+        self._last_features = None
 
     # ------------------------------------------------------------------ memory
     def _read_options(self) -> dict[str, Any]:
@@ -246,44 +280,54 @@ class PropagationEngine:
             options["memory_budget"] = self.memory_budget
         return options
 
+    def new_bank(self, num_objects: int | None = None) -> MemoryBank:
+        """An empty memory bank in the architecture's layout (keys per object, or one key per
+        frame shared by all objects); ``num_objects``: its rows, when known before the first
+        entry (needed when one encoding is split over several banks)."""
+        return MemoryBank(num_objects=num_objects, shared_key=self.adapter.shared_key)
+
     def encode_memory(self, t: int, prob: torch.Tensor,
                       objects: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory key / value of frame t from its (K+1) x Hp x Wp probabilities.
 
         objects: the object ids (1..K) to encode, in this order (None: all K). Each object's
         "others" input is the sum of all other objects' channels (objects not enabled hold exact
-        zeros and add nothing). Returns float32 keys n x CK x h x w and values n x CV x h x w.
+        zeros and add nothing). Returns float32 values n x CV x h x w and keys n x CK x h x w
+        (per object), or 1 x CK x h x w where one key serves all objects (STCN: the frame's
+        query key, taken from the query-feature cache).
         """
         masks = prob[1:].unsqueeze(1)  # K x 1 x Hp x Wp
         others = others_masks(masks)
         if objects is not None:
             rows = torch.as_tensor(list(objects), device=prob.device) - 1
             masks, others = masks[rows], others[rows]
-        image = self.image(t).expand(masks.shape[0], -1, -1, -1)
         with self.autocast():
-            key, value = self.prop_net.encode_memory(image, masks, others)
+            key, value = self.adapter.encode_memory(self.image(t), masks, others,
+                                                    lambda: self.query_features(t))
         return key.float(), value.float()
 
     @staticmethod
     def store(banks: Sequence[MemoryBank], key: torch.Tensor, value: torch.Tensor, kind: str,
               frame: int | None = None) -> None:
-        """Write one frame's keys / values into banks (rows split over the banks in order, by
-        each bank's ``num_objects``; a single bank takes every row) as ``kind``."""
+        """Write one frame's keys / values into banks (value rows split over the banks in order,
+        by each bank's ``num_objects``; a single bank takes every row; per-object keys are split
+        alike, a shared key goes to every bank) as ``kind``."""
         if kind not in (PERMANENT, TEMPORARY):
             raise ValueError(f"kind must be {PERMANENT!r} or {TEMPORARY!r}, got {kind!r}")
         start = 0
         for bank in banks:
-            n = key.shape[0] - start if len(banks) == 1 else bank.num_objects
+            n = value.shape[0] - start if len(banks) == 1 else bank.num_objects
             if n is None:
                 raise ValueError("a bank among several needs its number of objects")
-            k, v = key[start:start + n], value[start:start + n]
+            k = key if bank.shared_key else key[start:start + n]
+            v = value[start:start + n]
             start += n
             if kind == PERMANENT:
                 bank.add_permanent(k, v, frame)
             else:
                 bank.set_temporary(k, v, frame)
-        if start != key.shape[0]:
-            raise ValueError(f"{key.shape[0]} memory rows for banks holding {start} objects")
+        if start != value.shape[0]:
+            raise ValueError(f"{value.shape[0]} memory rows for banks holding {start} objects")
 
     def memorise(self, t: int, prob: torch.Tensor, banks: Sequence[MemoryBank], kind: str | None,
                  objects: Sequence[int] | None = None) -> None:
@@ -296,7 +340,7 @@ class PropagationEngine:
 
     def write_rule(self, start: int) -> MemoryWriteRule:
         """The memory-write rule of a pass starting from permanent frame ``start``."""
-        return MemoryWriteRule(self.mem_every, self.include_last, start)
+        return MemoryWriteRule(self.mem_every, self.include_last, start, self.mem_anchor)
 
     # ------------------------------------------------------------------ reading
     def segment(self, t: int, banks: Sequence[MemoryBank], objects: Sequence[int] | None = None,
@@ -323,8 +367,8 @@ class PropagationEngine:
         for bank in banks:
             mem_key, mem_value = bank.read_tensors()
             with self.autocast():
-                logits = self.prop_net.segment(query, mem_key, mem_value, top_k=self.top_k, **options)
-            per_object.append(torch.sigmoid(logits.float())[:, 0])  # K_g x Hp x Wp
+                logits = self.adapter.segment(query, mem_key, mem_value, self.top_k, **options)
+            per_object.append(torch.sigmoid(logits.float()))  # K_g x Hp x Wp
         obj = per_object[0] if len(per_object) == 1 else torch.cat(per_object, dim=0)
         agg = aggregate(obj, dim=0)
         if objects is None:
@@ -335,8 +379,9 @@ class PropagationEngine:
 
     def attention_transfer(self, ref_key: torch.Tensor, t: int, diff: torch.Tensor) -> torch.Tensor:
         """The differences ``diff`` (K x C x Hp x Wp) of the frame with memory key ``ref_key``
-        aligned to frame t through the memory affinity (REFERENCE.md c.2); float32."""
+        (as :meth:`encode_memory` returned it) aligned to frame t through the memory affinity
+        (REFERENCE.md c.2; STCN: one affinity for every object's maps, j.2); float32."""
         query = self.query_features(t)
         with self.autocast():
-            attn = self.prop_net.attention_transfer(ref_key, query.key, diff, **self._read_options())
+            attn = self.adapter.attention(ref_key, query, diff, **self._read_options())
         return attn.float()

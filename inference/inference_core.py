@@ -11,8 +11,8 @@ Schedule of one interaction on frame ``r`` (``interact``):
 2. A forward pass over ``r+1 .. c-1`` (``c`` = next interacted frame, or the end) and a backward
    pass over ``r-1 .. c+1`` (``c`` = previous interacted frame, or -1). A pass never overwrites an
    interacted frame. Its memory is the permanent memory plus every ``mem_every``-th frame of the
-   pass counted from ``r`` plus the previous frame as a temporary entry; it is discarded after
-   the pass.
+   pass counted from ``r`` plus (``include_last``, MiVOS) the previous frame as a temporary
+   entry; it is discarded after the pass.
 3. In a pass that stops at an earlier interacted frame ``c``, each new result is fused with the
    stored result of the previous round (``fusion='diff'``: FusionNet with the differences of ``r``
    aligned to the frame through the memory affinity; ``'linear'``: blend by temporal distance;
@@ -22,6 +22,12 @@ The network calls, the caches, autocast, the "others" input of the memory encode
 memory-write rule of a pass are those of :class:`inference.engine.PropagationEngine`, which the
 semi-supervised propagator drives too; this module decides the passes, the stored results and
 the fusion.
+
+Architectures (:mod:`inference.arch`): the core runs a MiVOS or an STCN propagation network
+alike. ``InferenceConfig.arch`` must name the network's architecture;
+:meth:`InferenceConfig.for_arch` gives its defaults (MiVOS: top-k 50, the previous frame as
+temporary memory; MiVOS-STCN, REFERENCE.md j.2: top-k 20, no temporary memory, one memory key
+per frame shared by the objects, fusion attention from the shared keys).
 
 Memory options (results do not depend on them except where noted):
 
@@ -36,6 +42,7 @@ Memory options (results do not depend on them except where noted):
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,10 +52,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.arch import arch_default_text, arch_of, defaults_for
 from inference.engine import PropagationEngine, frame_sequence
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
+from model.presets import PROPAGATION_ARCHS, check_arch
 from util.amp import canonical_amp
+from util.cli import cli_field
+from util.config import parse_top_k
 from util.tensor_util import pad_divide_by, unpad
 
 log = logging.getLogger(__name__)
@@ -59,19 +70,72 @@ PROB_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torc
 ProgressFn = Callable[[int, int], None]
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 (command-line parser)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def long_amp_name(text: str) -> str:
+    """``bf16`` / ``fp16`` -> ``"bfloat16"`` / ``"float16"`` (the spelling the interactive
+    evaluation records in its configuration and fingerprint)."""
+    names = {"bf16": "bfloat16", "fp16": "float16"}
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"--amp must be bf16 or fp16, got {text!r}")
+    return names[text]
+
+
 @dataclass
 class InferenceConfig:
-    """Options of the inference core (defaults follow the paper and the official code)."""
+    """Options of the inference core (defaults follow the paper and the official code).
 
-    top_k: int | None = 50  # top-k memory read; None = full softmax
-    mem_every: int = 5  # a frame becomes permanent memory every mem_every frames of a pass
-    include_last: bool = True  # previous frame as temporary memory
-    fusion: str = "diff"  # diff | linear | none
-    prob_dtype: str = "float32"  # storage of per-frame probabilities: float32 | float16 | uint8
-    image_cache: int = 128  # padded, normalised frames kept on the compute device
-    feature_cache_mb: float = 2048.0  # query-encoder features kept for reuse across passes
-    memory_budget: int | None = None  # max affinity elements per chunk (None = read default)
-    amp: str | None = None  # autocast (util.amp): None | "bf16" | "fp16" ("bfloat16" / "float16" too)
+    The defaults are MiVOS's; :meth:`for_arch` gives those of another architecture. The
+    metadata of each field is its command-line option (:mod:`util.cli`; ``cli=False``: set in
+    code only).
+    """
+
+    top_k: int | None = cli_field(
+        50, "top-k filtering of the memory read (int), or 'none' for a full softmax",
+        parse=parse_top_k, metavar="K|none", default_text=arch_default_text("top_k"))
+    mem_every: int = cli_field(
+        5, "memory frame interval of a pass: a propagated frame becomes permanent memory every "
+        "N frames, counted from the interacted frame", parse=positive_int, metavar="N")
+    include_last: bool = cli_field(
+        True, "keep the previous frame as temporary memory (MiVOS); off: only the permanent "
+        "frames (MiVOS-STCN)", default_text=arch_default_text("include_last"))
+    fusion: str = cli_field(
+        "diff", "diff: difference-aware fusion (paper); linear: blend by temporal distance; "
+        "none: the newest propagation overwrites", choices=FUSION_MODES)
+    prob_dtype: str = cli_field(
+        "float32", "storage of per-frame probabilities: float32 | float16 | uint8", cli=False)
+    image_cache: int = cli_field(
+        128, "padded, normalised frames kept on the compute device", cli=False)
+    feature_cache_mb: float = cli_field(
+        2048.0, "query-encoder features kept for reuse across passes (MiB)", cli=False)
+    memory_budget: int | None = cli_field(
+        None, "max affinity elements per chunk of the memory read (None = read default)",
+        cli=False)
+    amp: str | None = cli_field(
+        None, "autocast the networks in bfloat16 (bf16) or float16 (fp16); in code: None, "
+        "'bf16' / 'bfloat16' or 'fp16' / 'float16' (util.amp)",
+        parse=long_amp_name, metavar="{bf16,fp16}", default_text="float32")
+    arch: str = cli_field(
+        "mivos", "propagation architecture: mivos (STM-style network, the paper's) or stcn "
+        "(MiVOS-STCN: shared keys, no temporary memory); sets the defaults of --top-k and "
+        "--include-last and the default checkpoint names", choices=PROPAGATION_ARCHS)
+
+    @classmethod
+    def for_arch(cls, arch: str, **overrides: Any) -> InferenceConfig:
+        """The defaults of architecture ``arch`` (:data:`inference.arch.ARCH_DEFAULTS`: top-k,
+        temporary memory), with ``overrides`` applied."""
+        d = defaults_for(arch)
+        values = {"arch": arch, "top_k": d.top_k, "include_last": d.include_last, **overrides}
+        return cls(**values)
 
     def validate(self) -> None:
         if self.fusion not in FUSION_MODES:
@@ -83,6 +147,7 @@ class InferenceConfig:
         if self.mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {self.mem_every}")
         canonical_amp(self.amp)  # raises ValueError naming the accepted spellings
+        check_arch(self.arch)
 
 
 #: the frame-sequence check, kept under its old name (:func:`inference.engine.frame_sequence`)
@@ -93,12 +158,14 @@ class InferenceCore:
     """Interactive propagation state of one video.
 
     Args:
-        prop_net: a :class:`model.propagation.PropagationNetwork` (eval mode).
+        prop_net: a :class:`model.propagation.PropagationNetwork` or a
+            :class:`model.stcn.STCNNetwork` (eval mode).
         fusion_net: a :class:`model.fusion.FusionNet`, or None when ``config.fusion`` is not
             ``'diff'``.
         images: the frames (see :func:`inference.engine.frame_sequence`), RGB.
         num_objects: K, the number of objects (labels 1..K).
-        config: :class:`InferenceConfig`.
+        config: :class:`InferenceConfig` of the network's architecture (default: that
+            architecture's defaults, :meth:`InferenceConfig.for_arch`).
         device: where the networks run.
         storage_device: where probabilities live (default: ``device``).
 
@@ -115,8 +182,13 @@ class InferenceCore:
         device: torch.device | str = "cpu",
         storage_device: torch.device | str | None = None,
     ):
-        self.config = config or InferenceConfig()
+        self.config = config or InferenceConfig.for_arch(arch_of(prop_net))
         self.config.validate()
+        if self.config.arch != arch_of(prop_net):
+            raise ValueError(
+                f"the inference config is for arch {self.config.arch!r} but the propagation "
+                f"network is {arch_of(prop_net)!r}: use InferenceConfig.for_arch"
+                f"({arch_of(prop_net)!r}, ...) (on the command line: --arch)")
         if self.config.fusion == "diff" and fusion_net is None:
             raise ValueError("fusion='diff' needs a fusion network")
         if num_objects < 1:
@@ -148,7 +220,8 @@ class InferenceCore:
         self.masks = self.padded_masks[:, top:top + self.height, left:left + self.width]
 
         self.interacted: list[int] = []  # in interaction order
-        self.permanent = MemoryBank()  # one entry per interaction, in interaction order
+        # one entry per interaction, in interaction order (STCN: one shared key per frame)
+        self.permanent = self.engine.new_bank()
 
     # ------------------------------------------------------------------ storage helpers
     def _set_prob_initial_background(self) -> None:
@@ -201,7 +274,8 @@ class InferenceCore:
         """Combine the previous round's result prev and the new propagation curr at frame t.
 
         prev, curr: (K+1) x Hp x Wp; diff: K x 2 x Hp x Wp ([D+, D-] at t_r); ref_key: memory
-        key of t_r, K x CK x h x w. Returns (K+1) x Hp x Wp.
+        key of t_r (K x CK x h x w, or 1 x CK x h x w shared by the objects for STCN). Returns
+        (K+1) x Hp x Wp.
         """
         mode = self.config.fusion
         if mode == "none":

@@ -13,6 +13,10 @@ A bank can also record which video frame each entry came from (``permanent_frame
 ``temporary_frame``; None where the writer gave no index), and may be told its number of objects
 (rows) before its first entry, so that one encoding of several objects can be split over banks
 (:func:`inference.engine.PropagationEngine.store`).
+
+Shared keys (``shared_key=True``, the STCN layout, REFERENCE.md j.2): keys do not depend on the
+objects, so the bank holds one key row per frame (``1 x capacity*h*w x CK``) beside the
+per-object values (``K x capacity*h*w x CV``); adding objects grows only the values.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import torch
 
 
 class MemoryBank:
-    """Memory keys (K x CK x h x w per frame) and values (K x CV x h x w per frame)."""
+    """Memory keys (K x CK x h x w per frame, or 1 x CK x h x w with ``shared_key``) and
+    values (K x CV x h x w per frame)."""
 
-    def __init__(self, initial_capacity: int = 8, num_objects: int | None = None):
+    def __init__(self, initial_capacity: int = 8, num_objects: int | None = None,
+                 shared_key: bool = False):
         self._capacity_frames = max(int(initial_capacity), 1)
-        self._keys: torch.Tensor | None = None  # K x cap*hw x CK
+        self.shared_key = shared_key
+        self._keys: torch.Tensor | None = None  # K (shared_key: 1) x cap*hw x CK
         self._values: torch.Tensor | None = None  # K x cap*hw x CV
         self._hw: tuple[int, int] | None = None
         self._num_objects = num_objects
@@ -47,29 +54,34 @@ class MemoryBank:
     @property
     def num_objects(self) -> int | None:
         """Rows (objects) of every entry: as stored, or as declared when the bank is empty."""
-        return self._keys.shape[0] if self._keys is not None else self._num_objects
+        return self._values.shape[0] if self._values is not None else self._num_objects
 
     def _ensure(self, key: torch.Tensor, value: torch.Tensor, frames_needed: int) -> None:
-        k, ck, h, w = key.shape
-        cv = value.shape[1]
+        kk, ck, h, w = key.shape
+        k, cv = value.shape[:2]
+        if kk != (1 if self.shared_key else k):
+            raise ValueError(
+                f"memory entry with {kk} key rows for {k} objects: a bank with "
+                f"{'shared' if self.shared_key else 'per-object'} keys needs "
+                f"{1 if self.shared_key else k}")
         if self._keys is None:
             if self._num_objects is not None and k != self._num_objects:
                 raise ValueError(f"memory entry has {k} objects, the bank holds {self._num_objects}")
             self._hw = (h, w)
             cap = max(self._capacity_frames, frames_needed)
-            self._keys = key.new_empty(k, cap * h * w, ck)
+            self._keys = key.new_empty(kk, cap * h * w, ck)
             self._values = value.new_empty(k, cap * h * w, cv)
             self._capacity_frames = cap
             return
-        if (h, w) != self._hw or k != self._keys.shape[0] or ck != self._keys.shape[2]:
+        if (h, w) != self._hw or k != self._values.shape[0] or ck != self._keys.shape[2]:
             raise ValueError(
                 f"memory entry of shape {tuple(key.shape)} does not match the bank "
-                f"(objects {self._keys.shape[0]}, key dim {self._keys.shape[2]}, grid {self._hw})"
+                f"(objects {self._values.shape[0]}, key dim {self._keys.shape[2]}, grid {self._hw})"
             )
         if frames_needed > self._capacity_frames:
             cap = max(frames_needed, 2 * self._capacity_frames)
             used = self.num_frames * h * w
-            new_keys = self._keys.new_empty(k, cap * h * w, ck)
+            new_keys = self._keys.new_empty(kk, cap * h * w, ck)
             new_values = self._values.new_empty(k, cap * h * w, cv)
             new_keys[:, :used] = self._keys[:, :used]
             new_values[:, :used] = self._values[:, :used]
@@ -83,8 +95,8 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ writing
     def add_permanent(self, key: torch.Tensor, value: torch.Tensor, frame: int | None = None) -> None:
-        """Append a permanent frame. key: K x CK x h x w, value: K x CV x h x w; frame: the
-        video frame it came from (bookkeeping only).
+        """Append a permanent frame. key: K x CK x h x w (1 x CK x h x w with shared keys),
+        value: K x CV x h x w; frame: the video frame it came from (bookkeeping only).
 
         A filled temporary slot is dropped (it always holds the frame before the current one,
         which is superseded once a newer frame is memorised).
@@ -117,17 +129,18 @@ class MemoryBank:
 
     def copy(self) -> MemoryBank:
         """A new bank holding this bank's permanent entries (the temporary slot is not copied)."""
-        other = MemoryBank(initial_capacity=self.num_permanent + 8, num_objects=self.num_objects)
+        other = MemoryBank(initial_capacity=self.num_permanent + 8, num_objects=self.num_objects,
+                           shared_key=self.shared_key)
         other.permanent_frames = list(self.permanent_frames)
         if self._keys is None or self.num_permanent == 0:
             return other
         hw = self._hw[0] * self._hw[1]
         used = self.num_permanent * hw
-        k, _, ck = self._keys.shape
-        cv = self._values.shape[2]
+        kk, _, ck = self._keys.shape
+        k, _, cv = self._values.shape
         cap = other._capacity_frames
         other._hw = self._hw
-        other._keys = self._keys.new_empty(k, cap * hw, ck)
+        other._keys = self._keys.new_empty(kk, cap * hw, ck)
         other._values = self._values.new_empty(k, cap * hw, cv)
         other._keys[:, :used] = self._keys[:, :used]
         other._values[:, :used] = self._values[:, :used]
@@ -137,29 +150,35 @@ class MemoryBank:
     def add_objects(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """Grow the object axis: concatenate per-frame entries of new objects.
 
-        key: K_new x CK x num_permanent x h x w (one entry per existing permanent frame).
+        key: K_new x CK x num_permanent x h x w, value: K_new x CV x num_permanent x h x w
+        (one entry per existing permanent frame). With shared keys only the values grow (the
+        keys of the stored frames serve the new objects too; ``key`` is not used).
         """
         if self._keys is None:
             if self._num_objects is not None:
-                self._num_objects += key.shape[0]
+                self._num_objects += value.shape[0]
             return
         hw = self._hw[0] * self._hw[1]
         used = self.num_permanent * hw
-        new_k = key.flatten(2).transpose(1, 2)  # K_new x (T*hw) x CK, T-major order
-        new_v = value.flatten(2).transpose(1, 2)
+        new_v = value.flatten(2).transpose(1, 2)  # K_new x (T*hw) x CV, T-major order
         cap = self._capacity_frames
-        keys = self._keys.new_empty(self._keys.shape[0] + key.shape[0], cap * hw, self._keys.shape[2])
-        values = self._values.new_empty(keys.shape[0], cap * hw, self._values.shape[2])
-        keys[: self._keys.shape[0], :used] = self._keys[:, :used]
+        values = self._values.new_empty(self._values.shape[0] + value.shape[0], cap * hw,
+                                        self._values.shape[2])
         values[: self._values.shape[0], :used] = self._values[:, :used]
-        keys[self._keys.shape[0]:, :used] = new_k
         values[self._values.shape[0]:, :used] = new_v
-        self._keys, self._values = keys, values
+        if not self.shared_key:
+            new_k = key.flatten(2).transpose(1, 2)  # K_new x (T*hw) x CK
+            keys = self._keys.new_empty(values.shape[0], cap * hw, self._keys.shape[2])
+            keys[: self._keys.shape[0], :used] = self._keys[:, :used]
+            keys[self._keys.shape[0]:, :used] = new_k
+            self._keys = keys
+        self._values = values
         self.clear_temporary()
 
     # ------------------------------------------------------------------ reading
     def read_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of the visible memory: keys K x CK x N, values K x CV x N (N = frames*h*w)."""
+        """Views of the visible memory: keys K x CK x N (1 x CK x N with shared keys), values
+        K x CV x N (N = frames*h*w)."""
         if self._keys is None or self.num_frames == 0:
             raise RuntimeError("the memory bank is empty")
         hw = self._hw[0] * self._hw[1]
@@ -167,7 +186,8 @@ class MemoryBank:
         return self._keys[:, :n].transpose(1, 2), self._values[:, :n].transpose(1, 2)
 
     def frame_tensors(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Key K x CK x h x w and value K x CV x h x w of one stored frame."""
+        """Key K x CK x h x w (1 x CK x h x w with shared keys) and value K x CV x h x w of one
+        stored frame."""
         if not 0 <= index < self.num_frames:
             raise IndexError(f"memory frame {index} out of range ({self.num_frames} stored)")
         h, w = self._hw

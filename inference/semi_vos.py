@@ -21,14 +21,23 @@ Let ``r`` be the first annotated frame. For every frame ``t = r, r+1, ..., T-1``
    counter restarts at ``t`` (the propagation that follows is a new segment).
 3. Otherwise, unless ``t`` is the last frame, ``t`` is memorised with its propagated
    probabilities: as a permanent frame if ``t - last_permanent >= mem_every`` (so frames
-   ``r + 5, r + 10, ...`` with the default 5, counted from the segment's start), else into the
-   temporary slot (the previous frame, replaced by the next frame's write).
+   ``r + 5, r + 10, ...`` with the default 5, counted from the segment's start; with
+   ``mem_anchor="zero"``: if ``t`` is a multiple of ``mem_every``), else into the temporary slot
+   (the previous frame, replaced by the next frame's write) when ``include_last``.
 4. Output (REFERENCE.md 0.2, semi-supervised order): crop the (K+1)-channel probabilities to the
    processing size, resize them bilinearly (``align_corners=False``) to the output size when it
    differs, argmax, copy to the CPU.
 
 For DAVIS (everything annotated on frame 0) this is the usual single pass: first-frame mask,
 every 5th frame plus the previous frame in memory, top-k read.
+
+Architectures (:mod:`inference.arch`; ``SemiVOSConfig.arch`` must name the network's):
+``mivos`` follows Mask-Propagation (above: top-k 50, the previous frame kept). ``stcn`` follows
+STCN's semi-supervised schedule (REFERENCE.md j.1; :meth:`SemiVOSConfig.for_arch`): a frame is
+memorised when its absolute index is a multiple of ``mem_every`` (``mem_anchor="zero"``), no
+temporary previous-frame memory (unless ``include_last``), top-k 20; one key per frame serves
+every object of a group, and memorising a frame reuses its query key (only the value encoder
+runs).
 
 Steps 1 and 3 (the read, the aggregation over the enabled objects, the memory encoding with its
 "others" input, the memory-write rule, autocast and frame preparation) are those of
@@ -73,10 +82,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.arch import MEM_ANCHORS, arch_default_text, arch_of, defaults_for
 from inference.engine import PERMANENT, PropagationEngine
+from inference.inference_core import positive_int
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
+from model.presets import PROPAGATION_ARCHS, check_arch
 from util.amp import AMP_DTYPES, canonical_amp
+from util.cli import cli_field
+from util.config import parse_top_k
 from util.tensor_util import pad_divide_by, unpad
 
 logger = logging.getLogger(__name__)
@@ -86,28 +100,67 @@ __all__ = ["AMP_DTYPES", "FrameResult", "SemiVOSConfig", "SemiVOSPropagator"]
 
 @dataclass
 class SemiVOSConfig:
-    """Options of the semi-supervised propagator (defaults follow the reference protocol).
+    """Options of the semi-supervised propagator (defaults follow the reference protocol of
+    MiVOS's propagation, Mask-Propagation; :meth:`for_arch` gives another architecture's).
+
+    Each field's metadata is its command-line option of ``eval_semi_vos.py`` (:mod:`util.cli`).
 
     Attributes:
         top_k: keep the top-k affinities per query position in the memory read (None = full
             softmax over the memory).
         mem_every: a propagated frame becomes permanent memory every ``mem_every`` frames,
-            counted from the last annotated frame.
+            counted from the last annotated frame (``mem_anchor="start"``) or from frame 0.
         include_last: keep the previous frame as temporary memory.
         amp: autocast dtype for the network calls (:mod:`util.amp`): None, ``"bf16"`` or
             ``"fp16"`` (``"bfloat16"`` / ``"float16"`` too).
         record_memory: attach the memory layout used for each frame to its
             :class:`FrameResult` (for tests and debugging).
         km_sigma: kernelized memory read (sigma in stride-16 grid units; the original used 5.6
-            for some YouTubeVOS / test-dev results); None = plain top-k read.
+            for some YouTubeVOS / test-dev results); None = plain top-k read (mivos only).
+        arch: the propagation architecture (must be the network's, :mod:`inference.arch`).
+        mem_anchor: where the count of ``mem_every`` starts: ``"start"`` = the (last)
+            annotated frame (Mask-Propagation), ``"zero"`` = frame 0, i.e. frames whose
+            absolute index is a multiple of ``mem_every`` (STCN).
     """
 
-    top_k: int | None = 50
-    mem_every: int = 5
-    include_last: bool = True
-    amp: str | None = None
-    record_memory: bool = False
-    km_sigma: float | None = None
+    top_k: int | None = cli_field(
+        50, "keep the k largest affinities per query position in the memory read; 'none' = "
+        "full softmax over the memory", parse=parse_top_k, metavar="K|none",
+        default_text=arch_default_text("top_k"), group="inference")
+    mem_every: int = cli_field(
+        5, "a propagated frame becomes permanent memory every N frames, counted as "
+        "--mem-anchor says", parse=positive_int, metavar="N", group="inference")
+    include_last: bool = cli_field(
+        True, "keep the previous frame as temporary memory (Mask-Propagation); off: only the "
+        "permanent frames (STCN)", default_text=arch_default_text("include_last"),
+        group="inference")
+    amp: str | None = cli_field(
+        None, "autocast the networks in bfloat16 (bf16) or float16 (fp16)",
+        choices=("bf16", "fp16"), default_text="float32", group="inference")
+    record_memory: bool = cli_field(
+        False, "attach each frame's memory layout to its result", cli=False)
+    km_sigma: float | None = cli_field(
+        None, "kernelized memory read with this Gaussian sigma (stride-16 grid units; the "
+        "original used 5.6 for some YouTubeVOS / test-dev results; --arch mivos only)",
+        metavar="SIGMA", group="inference")
+    arch: str = cli_field(
+        "mivos", "propagation architecture of --prop-model: mivos (STM-style network) or stcn "
+        "(STCN network); sets the defaults of --top-k, --include-last and --mem-anchor",
+        choices=PROPAGATION_ARCHS, group="model")
+    mem_anchor: str = cli_field(
+        "start", "where the count of --mem-every starts: start = the (last) annotated frame "
+        "(Mask-Propagation), zero = frame 0, i.e. the frames whose absolute index is a multiple "
+        "of N (STCN)", choices=MEM_ANCHORS, default_text=arch_default_text("semi_mem_anchor"),
+        group="inference")
+
+    @classmethod
+    def for_arch(cls, arch: str, **overrides: Any) -> SemiVOSConfig:
+        """The defaults of architecture ``arch`` (:data:`inference.arch.ARCH_DEFAULTS`: top-k,
+        temporary memory, memory anchor), with ``overrides`` applied."""
+        d = defaults_for(arch)
+        values = {"arch": arch, "top_k": d.top_k, "include_last": d.include_last,
+                  "mem_anchor": d.semi_mem_anchor, **overrides}
+        return cls(**values)
 
     def validate(self) -> None:
         """Raise ValueError on an invalid option."""
@@ -116,6 +169,12 @@ class SemiVOSConfig:
         if not isinstance(self.mem_every, int) or self.mem_every < 1:
             raise ValueError(f"mem_every must be an int >= 1, got {self.mem_every!r}")
         canonical_amp(self.amp)  # raises ValueError naming the accepted spellings
+        check_arch(self.arch)
+        if self.mem_anchor not in MEM_ANCHORS:
+            raise ValueError(f"mem_anchor must be one of {MEM_ANCHORS}, got {self.mem_anchor!r}")
+        if self.km_sigma is not None and self.arch != "mivos":
+            raise ValueError(f"km_sigma (the kernelized read) is available for arch 'mivos' "
+                             f"only, not {self.arch!r}")
 
 
 @dataclass
@@ -152,8 +211,10 @@ class SemiVOSPropagator:
     """Semi-supervised propagation of ground-truth masks through a video (forward only).
 
     Args:
-        prop_net: a :class:`model.propagation.PropagationNetwork` (put into eval mode here).
-        config: :class:`SemiVOSConfig` (default: top-k 50, mem_every 5, previous frame kept).
+        prop_net: a :class:`model.propagation.PropagationNetwork` or a
+            :class:`model.stcn.STCNNetwork` (put into eval mode here).
+        config: :class:`SemiVOSConfig` of the network's architecture (default: that
+            architecture's defaults, :meth:`SemiVOSConfig.for_arch`).
         device: where the network runs (the network is moved there).
     """
 
@@ -163,19 +224,26 @@ class SemiVOSPropagator:
         config: SemiVOSConfig | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.config = config or SemiVOSConfig()
+        self.config = config or SemiVOSConfig.for_arch(arch_of(prop_net))
         self.config.validate()
+        if self.config.arch != arch_of(prop_net):
+            raise ValueError(
+                f"the semi-supervised config is for arch {self.config.arch!r} but the "
+                f"propagation network is {arch_of(prop_net)!r}: use SemiVOSConfig.for_arch"
+                f"({arch_of(prop_net)!r}, ...) (on the command line: --arch)")
         self.device = torch.device(device)
         self.prop_net = prop_net.to(self.device).eval()
 
     # ------------------------------------------------------------------ helpers
     def _engine(self, hw: tuple[int, int]) -> PropagationEngine:
         """The engine of one video: frames are handed in one at a time (the current frame is
-        the only one cached); query features are computed once per frame and not kept."""
+        the only one cached); query features are computed once per frame, and only the current
+        frame's are kept (STCN memorises a frame with its query key and f16)."""
         cfg = self.config
         return PropagationEngine(self.prop_net, hw, self.device, top_k=cfg.top_k,
                                  km_sigma=cfg.km_sigma, amp=cfg.amp, mem_every=cfg.mem_every,
-                                 include_last=cfg.include_last, image_cache=1, feature_cache_mb=0)
+                                 include_last=cfg.include_last, mem_anchor=cfg.mem_anchor,
+                                 image_cache=1, feature_cache_mb=0)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -301,7 +369,8 @@ class SemiVOSPropagator:
                     new = [o for o in listed if o not in enabled]
                     if new:
                         enabled.extend(new)
-                        groups.append(_Group(objects=list(new), bank=MemoryBank(num_objects=len(new))))
+                        groups.append(_Group(objects=list(new),
+                                             bank=engine.new_bank(num_objects=len(new))))
                         banks.append(groups[-1].bank)
                         logger.debug("frame %d: objects %s enter", t, new)
                     labels, _ = pad_divide_by(
