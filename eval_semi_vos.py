@@ -7,6 +7,11 @@ previous frame as temporary memory, soft aggregation of the objects), writes the
 benchmark's layout, scores them when the ground truth of every frame is available, and measures
 the speed.
 
+Architectures: --arch mivos (default, the schedule above) or --arch stcn (an STCN network,
+REFERENCE.md j.1: top-k 20; a frame is memorised when its absolute index is a multiple of
+--mem-every; no temporary previous-frame memory). Each option given on the command line
+overrides the architecture's default.
+
 Outputs (under --output OUT; every file is written atomically):
 
   davis2017   OUT/<seq>/<frame>.png               palette PNGs, the dataset's object ids
@@ -20,8 +25,9 @@ Outputs (under --output OUT; every file is written atomically):
   OUT/run_info.json   options, FPS, per-sequence frames / seconds / FPS, scores
   OUT/fingerprint.json  the run fingerprint (util.fingerprint): every option that changes the
                       masks (dataset, root, split, --davis-res, --youtube-frames, --size,
-                      --preset, --top-k, --mem-every, --km-sigma, --amp, generic --masks/--gt)
-                      and the SHA-256 of the --prop-model file (or the --random-weights seed)
+                      --preset, --arch, --top-k, --mem-every, --include-last, --mem-anchor,
+                      --km-sigma, --amp, generic --masks/--gt) and the SHA-256 of the
+                      --prop-model file (or the --random-weights seed)
   OUT/.done/<seq>.json  completion marker, written after the sequence's last PNG
 
 Resuming: a rerun with the same fingerprint skips the sequences whose marker is present and
@@ -60,6 +66,8 @@ Examples:
       --prop-model saves/propagation_model.pth --output out/mine --size 480
   python eval_semi_vos.py --dataset davis2017 --root tiny --preset lite --random-weights \\
       --output out/smoke --device cpu
+  python eval_semi_vos.py --arch stcn --dataset davis2017 --root ../DAVIS/2017/trainval \\
+      --prop-model saves/stcn.pth --output out/d17-stcn
 """
 
 from __future__ import annotations
@@ -74,10 +82,41 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from util.config import parse_top_k
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from dataset.eval_datasets import (
+    MASK_EXTENSIONS,
+    DatasetNotFoundError,
+    DAVIS2016Reader,
+    DAVIS2017Reader,
+    GenericReader,
+    YouTubeVOSReader,
+)
+from inference.semi_vos import SemiVOSConfig, SemiVOSPropagator
+from model.checkpoint import load_weights
+from model.presets import DEFAULT_ARCH, build_propagation
+from util.cli import add_config_arguments, config_from_args, given
+from util.errors import InputError, error_line, require_output_dir
+from util.fileio import atomic_save_json
+from util.fingerprint import (
+    FINGERPRINT_FILE,
+    FingerprintMismatch,
+    check_fingerprint,
+    digest,
+    load_fingerprint,
+    make_fingerprint,
+    save_fingerprint,
+    weights_entry,
+)
+from util.metrics import evaluate_folder, write_scores_csv
+from util.palette import DAVIS_VOID_LABELS, VOID_LABEL
+from util.video_io import VIDEO_EXTENSIONS, list_frame_files, natural_sort_key
 
 log = logging.getLogger("eval_semi_vos")
 
@@ -92,16 +131,6 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------
-
-
-def _positive_int(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return v
 
 
 def _size(value: str) -> int:
@@ -120,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eval_semi_vos.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("data")
+    groups = {"data": p.add_argument_group("data")}
+    g = groups["data"]
     g.add_argument("--dataset", required=True, choices=DATASETS,
                    help="benchmark layout of --root. davis2017: root holds JPEGImages/<res>, "
                         "Annotations/<res>, ImageSets/2017/<split>.txt. davis2016: the same folders "
@@ -157,11 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sequences", default=None,
                    help="comma-separated subset of sequence names (default: the whole split)")
 
-    g = p.add_argument_group("model")
+    g = groups["model"] = p.add_argument_group("model")
     g.add_argument("--prop-model", default=None,
-                   help="propagation weights (official propagation_model.pth or one of ours), "
-                        "loaded strictly into the --preset network; required unless "
-                        "--random-weights or --score-only")
+                   help="propagation weights (official propagation_model.pth, stcn.pth for "
+                        "--arch stcn, or one of ours), loaded strictly into the --preset "
+                        "network of --arch; required unless --random-weights or --score-only")
     g.add_argument("--preset", default="mivos", choices=("mivos", "lite"),
                    help="network architecture (default mivos; the official weights need mivos)")
     g.add_argument("--random-weights", action="store_true",
@@ -170,24 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0,
                    help="random seed of the --random-weights initialisation (default 0)")
 
-    g = p.add_argument_group("inference")
-    g.add_argument("--top-k", type=parse_top_k, default=50,
-                   help="keep the k largest affinities per query position in the memory read "
-                        "(default 50); 'none' = full softmax over the memory")
-    g.add_argument("--mem-every", type=_positive_int, default=5,
-                   help="a propagated frame becomes permanent memory every N frames, counted from "
-                        "the (last) annotated frame (default 5); the previous frame is always kept "
-                        "as temporary memory")
-    g.add_argument("--km-sigma", type=float, default=None,
-                   help="kernelized memory read with this Gaussian sigma (stride-16 grid units; "
-                        "the original used 5.6 for some YouTubeVOS / test-dev results)")
+    g = groups["inference"] = p.add_argument_group("inference")
+    # --arch, --top-k, --mem-every, --include-last, --mem-anchor, --km-sigma, --amp
+    add_config_arguments(p, SemiVOSConfig, groups=groups)
     g.add_argument("--size", type=_size, default=None,
                    help="shorter side of the network input in pixels, -1 = the stored size. Frames "
                         "are resized bicubically, annotations nearest; outputs are resized back "
                         "bilinearly (probabilities) to the stored size. Default: -1 for DAVIS and "
                         "generic, 480 for YouTubeVOS")
-    g.add_argument("--amp", choices=tuple(AMP_NAMES), default=None,
-                   help="autocast the networks in bfloat16 (bf16) or float16 (fp16); default: float32")
     g.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu; under "
                         "torchrun, cuda means cuda:LOCAL_RANK)")
@@ -216,8 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def semi_config(args: argparse.Namespace) -> SemiVOSConfig:
+    """The run's :class:`SemiVOSConfig`: the defaults of --arch
+    (:meth:`SemiVOSConfig.for_arch`) with the options given on the command line."""
+    base = SemiVOSConfig.for_arch(given(args, "arch", DEFAULT_ARCH))
+    return config_from_args(SemiVOSConfig, args, base)
+
+
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject inconsistent options before any work (argparse error, exit status 2)."""
+    try:
+        semi_config(args).validate()
+    except ValueError as exc:
+        p.error(str(exc))
     generic = args.dataset == "generic"
     if generic and not args.masks:
         p.error("--dataset generic needs --masks (the annotated frames' masks)")
@@ -262,9 +293,6 @@ class GenericSet:
 
     def __init__(self, root: str | os.PathLike, masks: str | os.PathLike, name: str | None,
                  resolution: int, gt: str | None, sequences: Sequence[str] | None) -> None:
-        from dataset.eval_datasets import MASK_EXTENSIONS, DatasetNotFoundError
-        from util.video_io import VIDEO_EXTENSIONS, list_frame_files, natural_sort_key
-
         self.root, self.masks = Path(root), Path(masks)
         self.resolution = resolution
         self.gt_root = Path(gt) if gt else None
@@ -317,8 +345,6 @@ class GenericSet:
         self.sequence_names = names
 
     def load(self, name: str):
-        from dataset.eval_datasets import GenericReader
-
         frames, masks = self.entries[name]
         return GenericReader(frames, masks, name=name, resolution=self.resolution,
                              cache_size=2).load(name)
@@ -326,8 +352,6 @@ class GenericSet:
 
 def open_dataset(args: argparse.Namespace, size: int):
     """The reader of ``args.dataset`` (an object with ``sequence_names``, ``load(name)``, ``gt_root``)."""
-    from dataset.eval_datasets import DAVIS2016Reader, DAVIS2017Reader, YouTubeVOSReader
-
     subset = [s.strip() for s in args.sequences.split(",") if s.strip()] if args.sequences else None
     if args.dataset == "davis2017":
         return DAVIS2017Reader(args.root, args.split, res=args.davis_res, resolution=size,
@@ -353,8 +377,6 @@ def ground_truth_complete(dataset: Any, names: Sequence[str]) -> tuple[bool, str
 
     Returns (complete, reason when not).
     """
-    from util.video_io import list_frame_files
-
     gt_root = getattr(dataset, "gt_root", None)
     if gt_root is None:
         return False, "no ground truth"
@@ -387,9 +409,6 @@ def score_outputs(gt_root: str | os.PathLike, out_root: str | os.PathLike, names
     254 and 255 void); otherwise every non-void id of the ground truth (255 void). Returns a
     :class:`util.metrics.ScoreTable`.
     """
-    from util.metrics import evaluate_folder
-    from util.palette import DAVIS_VOID_LABELS, VOID_LABEL
-
     return evaluate_folder(gt_root, out_root, sequences=list(names), binary=binary,
                            object_rule="davis" if davis else "all",
                            void=DAVIS_VOID_LABELS if davis else (VOID_LABEL,))
@@ -424,8 +443,6 @@ def read_done_marker(out_root: Path, name: str, fingerprint: str) -> dict | None
     ``fingerprint`` is the run's digest (:func:`util.fingerprint.digest`); a marker written
     with another one raises :class:`util.fingerprint.FingerprintMismatch`.
     """
-    from util.fingerprint import FingerprintMismatch
-
     path = marker_path(out_root, name)
     if not path.is_file():
         return None
@@ -481,8 +498,6 @@ class _Writer:
 def process_sequence(propagator: Any, seq: Any, out_root: Path, writer: _Writer,
                      fingerprint: str, progress: Any = None) -> dict[str, Any]:
     """Segment one sequence, write its masks, then its completion marker. Returns its info."""
-    from util.fileio import atomic_save_json
-
     marker = marker_path(out_root, seq.name)
     if marker.exists():
         marker.unlink()  # the outputs are about to change: not complete until the new marker
@@ -533,8 +548,6 @@ def dist_env() -> tuple[int, int, int] | None:
 
 def pick_device(requested: str | None, local_rank: int | None):
     """The compute device: --device, else cuda if available, else cpu (cuda:LOCAL_RANK under torchrun)."""
-    import torch
-
     name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda":
@@ -556,14 +569,15 @@ def _resolved(path: str | None) -> str | None:
 
 
 def run_fingerprint(args: argparse.Namespace, size: int, dataset: Any = None) -> dict[str, Any]:
-    """The run fingerprint: every option that determines the masks, fully resolved, and the
-    hash of the weights (a resumed run must match it; see the module docstring)."""
-    from util.fingerprint import make_fingerprint, weights_entry
-
+    """The run fingerprint: every option that determines the masks, fully resolved (the
+    architecture and its schedule included), and the hash of the weights (a resumed run must
+    match it; see the module docstring)."""
+    semi = semi_config(args)
     config: dict[str, Any] = {
         "dataset": args.dataset, "root": _resolved(args.root), "split": args.split,
-        "size": size, "preset": args.preset, "top_k": args.top_k, "mem_every": args.mem_every,
-        "km_sigma": args.km_sigma, "amp": args.amp,
+        "size": size, "preset": args.preset, "arch": semi.arch, "top_k": semi.top_k,
+        "mem_every": semi.mem_every, "include_last": semi.include_last,
+        "mem_anchor": semi.mem_anchor, "km_sigma": semi.km_sigma, "amp": semi.amp,
     }
     if args.dataset.startswith("davis"):
         config["davis_res"] = args.davis_res
@@ -583,20 +597,11 @@ def prepare_output(out_root: Path, fingerprint: dict[str, Any], restart: bool, w
     """Compare the run fingerprint with the one stored in ``out_root`` (stop on a difference
     unless ``restart``); with ``restart`` delete the earlier run's outputs; with ``write``
     store this run's fingerprint."""
-    from util.fingerprint import (
-        FINGERPRINT_FILE,
-        check_fingerprint,
-        load_fingerprint,
-        save_fingerprint,
-    )
-
     done_dir = out_root / DONE_DIR
     markers = sorted(done_dir.glob("*.json")) if done_dir.is_dir() else []
     stored = load_fingerprint(out_root)
     if not restart:
         if stored is None and markers:
-            from util.fingerprint import FingerprintMismatch
-
             raise FingerprintMismatch(
                 f"{out_root} holds finished sequences without a run fingerprint (an older "
                 "version's run); use another --output, or --restart to discard them", out_root)
@@ -625,30 +630,21 @@ def prepare_output(out_root: Path, fingerprint: dict[str, Any], restart: bool, w
 
 
 def _build_propagator(args: argparse.Namespace, device):
-    import torch
-
-    from inference.semi_vos import SemiVOSConfig, SemiVOSPropagator
-    from model.checkpoint import load_weights
-    from model.presets import build_propagation
-
+    config = semi_config(args)
     if args.random_weights:
         torch.manual_seed(args.seed)
-        net = build_propagation(args.preset)
-        log.warning("running RANDOMLY INITIALISED %s networks (seed %d): the masks are meaningless",
-                    args.preset, args.seed)
+        net = build_propagation(args.preset, arch=config.arch)
+        log.warning("running RANDOMLY INITIALISED %s %s networks (seed %d): the masks are "
+                    "meaningless", args.preset, config.arch, args.seed)
     else:
-        net = build_propagation(args.preset)
+        net = build_propagation(args.preset, arch=config.arch)
         load_weights(net, args.prop_model, strict=True)
-    config = SemiVOSConfig(top_k=args.top_k, mem_every=args.mem_every, amp=args.amp,
-                           km_sigma=args.km_sigma)
     return SemiVOSPropagator(net, config, device)
 
 
 def _run_shard(args: argparse.Namespace, dataset: Any, names: list[str], out_root: Path,
                fingerprint: str, device, rank: int) -> dict[str, Any]:
     """Segment this rank's sequences. Returns {'sequences': {name: info}, 'failed': {name: msg}}."""
-    from tqdm import tqdm
-
     todo, infos = [], {}
     for name in names:
         info = read_done_marker(out_root, name, fingerprint)
@@ -700,11 +696,6 @@ def _finalize(args: argparse.Namespace, dataset: Any, names: list[str], out_root
               results: list[dict[str, Any]], device, size: int, world: int) -> int:
     """Rank 0, after every rank finished without error: merge the ranks' results, score, write
     scores.csv and run_info.json, print the table and the FPS. Returns the exit status."""
-    import torch
-
-    from util.fileio import atomic_save_json
-    from util.metrics import write_scores_csv
-
     code = EXIT_OK
     infos: dict[str, dict] = {}
     failed: dict[str, str] = {}
@@ -744,19 +735,20 @@ def _finalize(args: argparse.Namespace, dataset: Any, names: list[str], out_root
                 write_scores_csv(out_root / "scores.csv", table)
                 score_note = f"scored {len(names)} sequences: {out_root / 'scores.csv'}"
             except (FileNotFoundError, ValueError) as exc:
-                from util.errors import InputError, error_line
-
                 score_note = f"scoring failed: {error_line(exc).removeprefix('error: ')}"
                 print(f"error: {score_note}", file=sys.stderr)
                 # unreadable ground truth is bad input; a missing prediction is a failure
                 code = max(code, EXIT_BAD_INPUT if isinstance(exc, InputError) else EXIT_FAILED)
 
     if not args.score_only:
+        semi = semi_config(args)
+        # the options as given, with the propagator's options resolved (architecture defaults)
         options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        options.update((k, v) for k, v in asdict(semi).items() if k != "record_memory")
         run_info = {
             "options": options,
             "resolved": {"size": size, "device": str(device), "world_size": world,
-                         "amp_dtype": AMP_NAMES.get(args.amp)},
+                         "amp_dtype": AMP_NAMES.get(semi.amp)},
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "host": platform.node(),
                             "gpu": (torch.cuda.get_device_name(device)
@@ -812,12 +804,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         force=True,
     )
 
-    import torch
-    import torch.distributed as dist
-
-    from dataset.eval_datasets import DatasetNotFoundError
-    from util.errors import InputError, error_line, require_output_dir
-
     bad_input = (InputError, FileNotFoundError)
     try:
         require_output_dir(args.output)
@@ -858,8 +844,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n in names:
                 status["sequences"][n] = {"frames": 0, "seconds": 0.0, "resumed": True}
         else:
-            from util.fingerprint import digest
-
             fingerprint = run_fingerprint(args, size, dataset)
             out_root.mkdir(parents=True, exist_ok=True)
             # every rank checks (read only); rank 0 clears a --restart and writes the fingerprint

@@ -42,7 +42,11 @@ Objects: the session, the robot and the metrics use object ids 1..``num_objects`
 davisinteractive's metadata for the sequence, so the driver does too; 254 and 255 are void.
 :func:`validate_davis_data` checks the data against that metadata before the session starts.
 
-``davisinteractive`` is imported lazily, through :mod:`util.davis_compat`.
+Architectures: ``DavisEvalConfig.inference.arch`` (``--arch``) names the propagation network
+(:mod:`inference.arch`); the protocol is the same for both.
+
+``davisinteractive`` is imported lazily, through :mod:`util.davis_compat` (it needs the
+compatibility patches first).
 """
 
 from __future__ import annotations
@@ -50,19 +54,40 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from inference.inference_core import InferenceConfig, InferenceCore
 from inference.interact.interactions import ScribbleInteraction, scribble_maps
 from inference.interact.s2m_controller import S2MController
+from util.cli import cli_field
 from util.davis_compat import ensure_compat
-from util.errors import InputError, MissingInputError
+from util.errors import InputError, MissingInputError, require_output_dir
+from util.filecheck import check_image, check_mask
 from util.fileio import atomic_save_json, atomic_write, atomic_write_text
+from util.fingerprint import (
+    FINGERPRINT_FILE,
+    FingerprintMismatch,
+    check_fingerprint,
+    load_fingerprint,
+    make_fingerprint,
+    save_fingerprint,
+)
+from util.palette import (
+    DAVIS_VOID_LABELS,
+    object_ids,
+    read_annotation,
+    read_mask,
+    write_palette_png,
+)
+from util.video_io import FrameSource, list_frame_files
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +95,45 @@ REPORT_COLUMNS = ["sequence", "scribble_idx", "interaction", "object_id", "frame
                   "contour", "j_and_f", "timing"]
 
 
+PROTOCOLS = ("mivos", "corrected")
+
+
 @dataclass
 class DavisEvalConfig:
-    """Settings of one DAVIS interactive evaluation run."""
+    """Settings of one DAVIS interactive evaluation run (each field's metadata is its
+    command-line option, :mod:`util.cli`; the inference options are those of
+    :class:`~inference.inference_core.InferenceConfig`)."""
 
-    davis_root: str
-    output: str
-    subset: str = "val"
-    max_interactions: int = 8
-    seconds_per_interaction: float = 30.0  # the session's max_time is this x max_interactions
-    propagate_after: tuple[int, ...] = (3, 6, 8)  # 1-based interaction numbers that propagate
-    oracle: bool = False  # ground truth replaces S2M's output ("perfect interaction")
-    protocol: str = "mivos"  # mivos (the original's arithmetic) | corrected (see the module doc)
-    save_masks: bool = False
-    resume: bool = True
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    davis_root: str = cli_field(
+        help="DAVIS 2017 root (JPEGImages/480p, Annotations/480p, ImageSets/2017, Scribbles), "
+        "or a synthetic stand-in made by `python -m dataset.synthetic`", flag="--davis")
+    output: str = cli_field(help="output folder (summary.json, report.csv, plot)")
+    subset: str = cli_field("val", "DAVIS subset evaluated by the session")
+    max_interactions: int = cli_field(8, "interactions per sample")
+    seconds_per_interaction: float = cli_field(
+        30.0, "the session's time budget is this x max-interactions per object")
+    propagate_after: tuple[int, ...] = cli_field(
+        (3, 6, 8), "1-based interaction numbers that propagate", cli=False)
+    oracle: bool = cli_field(
+        False, "the ground-truth mask replaces S2M's output (the paper's 'perfect interaction')",
+        action="store_true")
+    protocol: str = cli_field(
+        "mivos", "mivos: the original driver's arithmetic, quirks included: "
+        "scribbles rasterised at the padded size (stretched over the padding), dilated there and "
+        "fed to S2M uncropped; S2M's existing-mask input is the padded hard mask (labels in the "
+        "padding); S2M's output is committed with its padding; an empty robot scribble falls on "
+        "the last frame of the video. corrected: (1) scribbles rasterised at the image size; "
+        "(2) S2M inputs zero in the padding; (3) the committed mask has no probability in the "
+        "padding; (4) an empty robot scribble keeps the last scribbled frame and its mask (S2M "
+        "does not run)", choices=PROTOCOLS)
+    save_masks: bool = cli_field(False, "write palette PNGs of every sample",
+                                 action="store_true")
+    resume: bool = cli_field(
+        True, "discard the results of an earlier run in --output and start over (needed when "
+        "it used other settings or weights; --no-resume is the old name)",
+        flag="--restart", aliases=("--no-resume",), action="store_false",
+        default_text="off: a rerun with the same settings resumes")
+    inference: InferenceConfig = cli_field(default_factory=InferenceConfig, cli=False)
 
 
 def check_davis_root(root: str | Path, subset: str = "val") -> Path:
@@ -109,9 +158,6 @@ def check_davis_root(root: str | Path, subset: str = "val") -> Path:
 
 def load_sequence(root: Path, seq: str) -> tuple[np.ndarray, np.ndarray]:
     """Frames T x H x W x 3 uint8 and ground-truth label maps T x H x W uint8 of one sequence."""
-    from util.palette import read_mask
-    from util.video_io import FrameSource
-
     frames = FrameSource(root / "JPEGImages" / "480p" / seq, cache_size=0).load_all()
     ann_dir = root / "Annotations" / "480p" / seq
     files = sorted(ann_dir.glob("*.png"))
@@ -121,9 +167,6 @@ def load_sequence(root: Path, seq: str) -> tuple[np.ndarray, np.ndarray]:
     if gt.shape[1:] != frames.shape[1:3]:
         raise ValueError(f"{ann_dir}: annotations are {gt.shape[1:]}, frames {frames.shape[1:3]}")
     return frames, gt
-
-
-PROTOCOLS = ("mivos", "corrected")
 
 
 class DavisSampleProcessor:
@@ -293,10 +336,6 @@ def validate_davis_data(root: Path, sequences: list[str]) -> None:
 
     Raises :class:`util.errors.InputError` (naming the file) for the first problem.
     """
-    from util.filecheck import check_image, check_mask
-    from util.palette import DAVIS_VOID_LABELS, object_ids, read_annotation
-    from util.video_io import list_frame_files
-
     ensure_compat()
     from davisinteractive.dataset.davis import Davis
 
@@ -366,8 +405,6 @@ def _summarize(root: Path, config: DavisEvalConfig, report, service=None) -> dic
 
 
 def _merged_report(out: Path, samples: list[tuple[str, int]]):
-    import pandas as pd
-
     frames = [pd.read_csv(_sample_file(out, seq, idx)) for seq, idx in samples
               if _sample_file(out, seq, idx).is_file()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REPORT_COLUMNS)
@@ -375,10 +412,6 @@ def _merged_report(out: Path, samples: list[tuple[str, int]]):
 
 def _discard_results(out: Path) -> None:
     """--restart: remove what an earlier run wrote to ``out``."""
-    import shutil
-
-    from util.fingerprint import FINGERPRINT_FILE
-
     for name in ("samples", "masks", "session"):
         if (out / name).is_dir():
             shutil.rmtree(out / name)
@@ -403,15 +436,6 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
     ``config.resume=False`` discards the earlier results first. ``networks``, when given, is
     called for ``(prop_net, fusion_net, s2m_net)`` only when a sample has to run.
     """
-    from util.errors import require_output_dir
-    from util.fingerprint import (
-        FingerprintMismatch,
-        check_fingerprint,
-        load_fingerprint,
-        make_fingerprint,
-        save_fingerprint,
-    )
-
     root = check_davis_root(config.davis_root, config.subset)
     out = Path(config.output)
     require_output_dir(out)
@@ -469,7 +493,6 @@ def run_davis_interactive(config: DavisEvalConfig, prop_net, fusion_net, s2m_net
             rep = sess.get_report()
             rows = rep[(rep["sequence"] == seq) & (rep["scribble_idx"] == idx)][REPORT_COLUMNS]
             if config.save_masks and processor is not None:
-                from util.palette import write_palette_png
                 for t, m in enumerate(processor.core.masks):
                     write_palette_png(out / "masks" / seq / str(idx) / f"{t:05d}.png", m)
             # the report rows last: a sample counts as finished once its file exists
@@ -518,12 +541,8 @@ def per_interaction_scores(summary: dict, metric: str = "J_AND_F") -> list[float
 
 def plot_curve(summary: dict, path: str | Path, metric: str = "J_AND_F", label: str | None = None) -> None:
     """J&F against cumulative time, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(summary["curve"]["time"], summary["curve"][metric], marker="o", label=label)
     ax.axvline(60, color="gray", linestyle="--", linewidth=0.8)
     ax.set_xlabel("time (s)")
@@ -535,4 +554,3 @@ def plot_curve(summary: dict, path: str | Path, metric: str = "J_AND_F", label: 
         ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
