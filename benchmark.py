@@ -15,6 +15,19 @@ at 480p by default (854 x 480, zero-padded to 864 x 480 as every network input i
   forward (no fusion), then one on the last frame propagated backward with difference-aware
   fusion. Time of the ``interact`` call divided by (frames propagated x objects).
 
+Architectures side by side (JSON ``architectures``, its own Markdown section; ``--arch``):
+for each propagation architecture (``mivos``: the STM-style network; ``stcn``: the MiVOS-STCN
+network, REFERENCE.md j) and K = 1, 2 and 4 objects (``--arch-objects``), an
+:class:`InferenceCore` interaction on the first frame of the end-to-end clip propagated forward
+(no fusion; each architecture's defaults: top-k 50 and the previous frame as temporary memory
+for mivos, top-k 20 and no temporary memory for stcn), fp32. Rows: ms per frame and ms per
+frame per object; ``ratios``: stcn / mivos of the per-object cost at each K, and of the marginal
+cost of one more object ((ms per frame at the largest K - at the smallest K) / (K difference)).
+STCN's keys do not depend on the masks, so one key encoding and one affinity per frame serve
+every object, and an object adds only a value encoding (ResNet-18), its read and its decoder.
+The variants run interleaved within each round (at least one warm-up round, then
+``--arch-repeats`` rounds, median).
+
 Baselines measured in the same run (``baseline_ms``; ``ratio`` = ms / baseline_ms, so a ratio
 below 1 means faster than the baseline):
 
@@ -48,6 +61,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -58,13 +72,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from inference.inference_core import InferenceConfig, InferenceCore
+from model.presets import PROPAGATION_ARCHS, build_fusion, build_propagation, build_s2m
+from util.amp import autocast
+from util.tensor_util import pad_divide_by
+
 ROOT = Path(__file__).resolve().parent
 DEFAULT_INFERENCE_MEMORY_JSON = ROOT / "docs" / "inference_memory.json"
 
 FULL_DEFAULTS = dict(height=480, width=854, memory_frames=10, presets=["mivos", "lite"],
-                     repeats=5, warmup=1, e2e_frames=10, e2e_objects=2, e2e_repeats=1)
+                     repeats=5, warmup=1, e2e_frames=10, e2e_objects=2, e2e_repeats=1,
+                     arch_repeats=3)
 QUICK_DEFAULTS = dict(height=128, width=224, memory_frames=3, presets=["lite"],
-                      repeats=1, warmup=0, e2e_frames=4, e2e_objects=2, e2e_repeats=1)
+                      repeats=1, warmup=0, e2e_frames=4, e2e_objects=2, e2e_repeats=1,
+                      arch_repeats=2)
+#: objects of the architecture comparison (per-object cost rows)
+ARCH_OBJECTS = (1, 2, 4)
 
 MODULE_ORDER = ["s2m", "propagation", "propagation_topk", "fusion",
                 "e2e_propagation", "e2e_propagation_fusion"]
@@ -91,7 +117,6 @@ def baseline_dense_topk_read(query_key, mem_key, mem_value, top_k):
     query_key B x CK x h x w; mem_key B x CK x T x h x w; mem_value B x CV x T x h x w
     -> B x CV x h x w.
     """
-    import torch
 
     b, ck, h, w = query_key.shape
     keys = mem_key.flatten(start_dim=2)  # B x CK x N
@@ -107,7 +132,6 @@ def baseline_dense_topk_read(query_key, mem_key, mem_value, top_k):
 def baseline_dense_softmax_read(query_key, mem_key, mem_value):
     """BASELINE: the original full-softmax memory read (dense ``N x M`` affinity, softmax over
     memory, one dense product); shapes as :func:`baseline_dense_topk_read`."""
-    import torch
 
     b, ck, h, w = query_key.shape
     keys = mem_key.flatten(start_dim=2)
@@ -146,8 +170,6 @@ def load_average() -> float | None:
 
 
 def machine_info() -> dict:
-    import torch
-
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -184,8 +206,6 @@ def _malloc_trim() -> None:
     global _LIBC
     if _LIBC is None:
         try:
-            import ctypes
-
             _LIBC = ctypes.CDLL("libc.so.6")
             _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
         except (OSError, AttributeError):
@@ -211,8 +231,6 @@ class Meter:
     """Times one call on a device and records the peak memory it needed."""
 
     def __init__(self, device) -> None:
-        import torch
-
         self.torch = torch
         self.device = device
         self.cuda = device.type == "cuda"
@@ -276,14 +294,10 @@ def run_rounds(fns: dict[str, Callable[[], object]], meter: Meter, warmup: int, 
 
 
 def _autocast(device, precision: str):
-    from util.amp import autocast
-
     return autocast(device, None if precision == "fp32" else AMP_DTYPES[precision])
 
 
 def _wrap(fn: Callable[[], object], device, precision: str) -> Callable[[], object]:
-    import torch
-
     def call():
         with torch.inference_mode(), _autocast(device, precision):
             return fn()
@@ -296,10 +310,6 @@ def _wrap(fn: Callable[[], object], device, precision: str) -> Callable[[], obje
 
 def _module_functions(preset: str, device, precisions: list[str], s: dict, notes: list[str]):
     """Build the networks and inputs of one preset; return the named timed functions."""
-    import torch
-
-    from model.presets import build_fusion, build_propagation, build_s2m
-    from util.tensor_util import pad_divide_by
 
     gen = torch.Generator().manual_seed(0)
 
@@ -437,16 +447,12 @@ def module_rows(preset: str, device, precisions: list[str], s: dict, log, notes)
 
 
 def _clip(n: int, h: int, w: int, seed: int = 0):
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, size=(h, w + 4 * n, 3), dtype=np.uint8)
     return np.stack([base[:, 4 * i: 4 * i + w] for i in range(n)])  # a slow pan
 
 
 def _label_map(h: int, w: int, k: int, shift: int = 0):
-    import numpy as np
-
     m = np.zeros((h, w), np.int64)
     for obj in range(1, k + 1):
         y0 = (h * obj) // (k + 2)
@@ -456,8 +462,6 @@ def _label_map(h: int, w: int, k: int, shift: int = 0):
 
 
 def _e2e_once(prop, fusion, frames, k: int, precision: str, top_k: int, meter: Meter):
-    from inference.inference_core import InferenceConfig, InferenceCore
-
     n, h, w = frames.shape[:3]
     cfg = InferenceConfig(top_k=top_k, fusion="diff", amp=AMP_DTYPES.get(precision))
     core = InferenceCore(prop, fusion, frames, num_objects=k, config=cfg, device=meter.device)
@@ -467,10 +471,6 @@ def _e2e_once(prop, fusion, frames, k: int, precision: str, top_k: int, meter: M
 
 
 def e2e_rows(preset: str, device, precisions: list[str], s: dict, log) -> list[dict]:
-    import torch
-
-    from model.presets import build_fusion, build_propagation
-
     prop = build_propagation(preset).eval().to(device)
     fusion = build_fusion(preset).eval().to(device)
     meter = Meter(device)
@@ -511,6 +511,82 @@ def e2e_rows(preset: str, device, precisions: list[str], s: dict, log) -> list[d
                          "samples_ms": per, "parts": {},
                          **_merge_mem([mem for _, mem, _ in runs])})
     return rows
+
+
+# ------------------------------------------------------------------------------ architectures
+
+
+def arch_rows(preset: str, device, s: dict, log) -> list[dict]:
+    """Per-object cost of multi-object propagation for each architecture of ``s["archs"]``
+    (see the module docstring): one row per (architecture, K)."""
+    n, h, w = s["e2e_frames"], s["height"], s["width"]
+    frames = _clip(n, h, w)
+    fns: dict[str, Callable[[], object]] = {}
+    configs = {}
+    nets = {}
+    for arch in s["archs"]:
+        torch.manual_seed(0)
+        nets[arch] = build_propagation(preset, arch=arch).eval().to(device)
+        configs[arch] = InferenceConfig.for_arch(arch, fusion="none")
+    for k in s["arch_objects"]:  # architectures interleaved at each K
+        for arch in s["archs"]:
+            def run(net=nets[arch], cfg=configs[arch], k=k):
+                core = InferenceCore(net, None, frames, num_objects=k, config=cfg, device=device)
+                return core.interact(_label_map(h, w, k), 0)
+
+            fns[f"{arch}/{k}"] = run
+    warmup = max(1, s["warmup"])  # the first calls of a network pay one-time costs
+    log(f"  architectures {preset} on {device.type}: {len(fns)} runs x ({warmup} warm-up + "
+        f"{s['arch_repeats']} timed) rounds")
+    res = run_rounds(fns, Meter(device), warmup, s["arch_repeats"], log)
+    rows = []
+    for arch in s["archs"]:
+        for k in s["arch_objects"]:
+            r = res[f"{arch}/{k}"]
+            ms_frame = r["median_ms"] / (n - 1)
+            rows.append({"module": "arch_propagation", "arch": arch, "preset": preset,
+                         "device": device.type, "precision": "fp32", "objects": k,
+                         "clip_frames": n, "frames_propagated": n - 1, "height": h, "width": w,
+                         "top_k": configs[arch].top_k,
+                         "include_last": configs[arch].include_last,
+                         "ms_per_frame": ms_frame, "ms_per_frame_per_object": ms_frame / k,
+                         "samples_ms": r["samples_ms"], **_merge_mem([r])})
+    return rows
+
+
+def arch_ratios(rows: list[dict]) -> list[dict]:
+    """stcn / mivos of the per-object cost at each K and of the marginal cost per object, per
+    (preset, device), where both architectures were measured."""
+    index = {(r["preset"], r["device"], r["arch"], r["objects"]): r for r in rows}
+    out = []
+    for preset, device in dict.fromkeys((r["preset"], r["device"]) for r in rows):
+        have = {a for (p, d, a, _) in index if (p, d) == (preset, device)}
+        if not {"mivos", "stcn"} <= have:
+            continue
+        ks = sorted({k for (p, d, _, k) in index if (p, d) == (preset, device)})
+        for k in ks:
+            m = index.get((preset, device, "mivos", k))
+            st = index.get((preset, device, "stcn", k))
+            if m is None or st is None:
+                continue
+            out.append({"preset": preset, "device": device, "objects": k,
+                        "mivos_ms_per_frame_per_object": m["ms_per_frame_per_object"],
+                        "stcn_ms_per_frame_per_object": st["ms_per_frame_per_object"],
+                        "stcn_over_mivos": (st["ms_per_frame_per_object"]
+                                            / m["ms_per_frame_per_object"])})
+        if len(ks) > 1:
+            lo, hi = ks[0], ks[-1]
+
+            def marginal(arch, lo=lo, hi=hi, preset=preset, device=device):
+                a, b = index[(preset, device, arch, lo)], index[(preset, device, arch, hi)]
+                return (b["ms_per_frame"] - a["ms_per_frame"]) / (hi - lo)
+
+            mm, sm = marginal("mivos"), marginal("stcn")
+            out.append({"preset": preset, "device": device, "objects": f"marginal {lo}->{hi}",
+                        "mivos_ms_per_frame_per_object": mm,
+                        "stcn_ms_per_frame_per_object": sm,
+                        "stcn_over_mivos": sm / mm if mm > 0 else None})
+    return out
 
 
 # ------------------------------------------------------------------------------ ratios
@@ -560,6 +636,39 @@ def _mem_text(r: dict) -> str:
     if "peak_rss_delta_mib" in r:
         return f"+{r['peak_rss_delta_mib']:.0f}"
     return "-"
+
+
+def _arch_markdown(section: dict | None) -> list[str]:
+    """The architecture comparison (empty when the JSON has none)."""
+    if not section or not section.get("rows"):
+        return []
+    rows, ratios = section["rows"], section.get("ratios", [])
+    first = rows[0]
+    lines = ["## Architectures: cost per object, MiVOS and STCN", "",
+             f"InferenceCore, one interaction on frame 0 propagated forward through a "
+             f"{first['clip_frames']}-frame clip at {first['width']} x {first['height']} (no "
+             "fusion; each architecture's defaults: top-k and temporary memory as listed), fp32, "
+             "the median of the rounds (architectures interleaved).", "",
+             "| preset | device | arch | top-k | temporary memory | objects | ms / frame | "
+             "ms / frame / object | peak MiB |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['preset']} | {r['device']} | {r['arch']} | {r['top_k']} | "
+                     f"{'yes' if r['include_last'] else 'no'} | {r['objects']} | "
+                     f"{_fmt(r['ms_per_frame'])} | {_fmt(r['ms_per_frame_per_object'])} | "
+                     f"{_mem_text(r)} |")
+    lines.append("")
+    if ratios:
+        lines += ["| preset | device | objects | mivos ms / frame / object | "
+                  "stcn ms / frame / object | stcn / mivos |", "|---|---|---|---:|---:|---:|"]
+        for r in ratios:
+            lines.append(f"| {r['preset']} | {r['device']} | {r['objects']} | "
+                         f"{_fmt(r['mivos_ms_per_frame_per_object'])} | "
+                         f"{_fmt(r['stcn_ms_per_frame_per_object'])} | "
+                         f"{_fmt(r['stcn_over_mivos'], 2)} |")
+        lines += ["", "The marginal row is the cost of one more object: (ms / frame at the "
+                  "largest K - at the smallest K) / (difference in K).", ""]
+    return lines
 
 
 def inference_memory_markdown(path: Path) -> list[str]:
@@ -758,6 +867,7 @@ def to_markdown(result: dict, inference_memory_json: Path | None) -> str:
                 f"{_fmt(r['ms_per_frame_per_object'])} | {_fmt(r.get('amp_over_fp32'), 2)} | "
                 f"{_mem_text(r)} |")
         lines.append("")
+    lines += _arch_markdown(result.get("architectures"))
     if inference_memory_json is not None:
         extra = inference_memory_markdown(Path(inference_memory_json))
         if extra:
@@ -809,6 +919,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--e2e-objects", type=int, help="objects of the end-to-end clip (default 2)")
     p.add_argument("--e2e-repeats", type=int, help="timed end-to-end runs (default 1)")
     p.add_argument("--no-e2e", action="store_true", help="skip the InferenceCore rows")
+    p.add_argument("--arch", nargs="+", choices=list(PROPAGATION_ARCHS),
+                   default=list(PROPAGATION_ARCHS), dest="archs",
+                   help="propagation architectures of the per-object cost comparison (default: "
+                        "mivos stcn, side by side with the stcn / mivos ratio)")
+    p.add_argument("--arch-objects", nargs="+", type=int, default=list(ARCH_OBJECTS),
+                   help="object counts of the comparison (default: 1 2 4)")
+    p.add_argument("--arch-repeats", type=int,
+                   help="timed rounds of the comparison, median reported (default 3; --quick 2)")
+    p.add_argument("--no-arch", action="store_true",
+                   help="skip the architecture comparison")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's own choice); restored on return")
     p.add_argument("--json", metavar="OUT.json", help="write machine, settings and rows as JSON")
@@ -827,15 +947,18 @@ def _settings(args, argv) -> dict:
     s = {key: getattr(args, key) if getattr(args, key, None) is not None else val
          for key, val in defaults.items()}
     s.update(top_k=args.top_k, quick=args.quick, argv=list(argv),
-             e2e=not args.no_e2e)
+             e2e=not args.no_e2e, arch=not args.no_arch, archs=list(dict.fromkeys(args.archs)),
+             arch_objects=sorted(set(args.arch_objects)))
     for key in ("height", "width", "memory_frames", "repeats", "e2e_frames", "e2e_objects",
-                "e2e_repeats"):
+                "e2e_repeats", "arch_repeats"):
         if s[key] < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1")
     if s["warmup"] < 0:
         raise SystemExit("--warmup must be >= 0")
     if s["e2e_frames"] < 3:
         raise SystemExit("--e2e-frames must be >= 3 (one pass each way)")
+    if min(s["arch_objects"]) < 1:
+        raise SystemExit("--arch-objects must be >= 1")
     return s
 
 
@@ -855,10 +978,9 @@ def _precisions_for(device, requested: list[str]) -> list[str]:
 
 
 def run_benchmark(s: dict, devices: list, requested_precisions: list[str], log) -> dict:
-    import torch
-
     s["load_average_1min"] = {"start": load_average()}
     rows: list[dict] = []
+    archs: list[dict] = []
     notes: list[str] = []
     started = time.perf_counter()
     for device in devices:
@@ -873,6 +995,12 @@ def run_benchmark(s: dict, devices: list, requested_precisions: list[str], log) 
             for preset in s["presets"]:
                 log(f"{preset} on {device}: end to end")
                 rows += e2e_rows(preset, device, precisions, s, log)
+        if s["arch"]:
+            for preset in s["presets"]:
+                log(f"{preset} on {device}: architectures {' '.join(s['archs'])}")
+                archs += arch_rows(preset, device, s, log)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     add_ratios(rows)
     s["load_average_1min"]["end"] = load_average()
     s["seconds"] = round(time.perf_counter() - started, 1)
@@ -884,7 +1012,10 @@ def run_benchmark(s: dict, devices: list, requested_precisions: list[str], log) 
                    "torch.cuda.synchronize; warm-up rounds then the median of the timed rounds, "
                    "functions interleaved within each round")
     machine = machine_info()
-    return {"machine": machine, "settings": s, "notes": notes, "rows": rows}
+    result = {"machine": machine, "settings": s, "notes": notes, "rows": rows}
+    if archs:
+        result["architectures"] = {"rows": archs, "ratios": arch_ratios(archs)}
+    return result
 
 
 def _check_json_safe(obj):
@@ -913,10 +1044,6 @@ def main(argv: list[str] | None = None) -> int:
         _write_atomic(args.markdown, to_markdown(result, args.inference_memory_json))
         log(f"wrote {args.markdown}")
         return 0
-
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import torch
 
     s = _settings(args, argv)
     devices = []
@@ -950,6 +1077,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{r['module']:24s} {r['preset']:6s} {r['device']:5s} {r['precision']:9s} "
                 f"{r['ms_per_frame_per_object']:10.1f} ms/frame/object  ratio "
                 f"{_fmt(r.get('ratio'), 2)} vs {r.get('baseline')}")
+    section = result.get("architectures", {})
+    for r in section.get("rows", []):
+        log(f"{'propagation ' + r['arch']:24s} {r['preset']:6s} {r['device']:5s} "
+            f"{r['objects']} obj    {r['ms_per_frame_per_object']:10.1f} ms/frame/object "
+            f"({r['ms_per_frame']:.1f} ms/frame)")
+    for r in section.get("ratios", []):
+        log(f"stcn/mivos per object    {r['preset']:6s} {r['device']:5s} {r['objects']}: "
+            f"{_fmt(r['stcn_over_mivos'], 2)}")
     if args.json:
         _write_atomic(args.json, json.dumps(result, indent=1, allow_nan=False) + "\n")
         log(f"wrote {args.json}")
