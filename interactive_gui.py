@@ -41,19 +41,26 @@ def _build_parser() -> argparse.ArgumentParser:
                           "saved at the original size")
     net = p.add_argument_group("networks")
     net.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEFAULT_ARCH,
-                     help="propagation architecture")
+                     help="propagation architecture: mivos (the paper's) or stcn (MiVOS-STCN); "
+                          "sets the defaults of --prop-model, --fusion-model and --top-k "
+                          f"(default: {DEFAULT_ARCH})")
     net.add_argument("--preset", choices=["mivos", "lite"], default="mivos",
                      help="network widths (mivos: the official checkpoints)")
     net.add_argument("--s2m-model", default="saves/s2m.pth")
-    net.add_argument("--prop-model", default="saves/propagation_model.pth")
-    net.add_argument("--fusion-model", default="saves/fusion.pth")
+    net.add_argument("--prop-model", default=None,
+                     help="propagation weights (default: saves/propagation_model.pth, with "
+                          "--arch stcn saves/stcn.pth)")
+    net.add_argument("--fusion-model", default=None,
+                     help="fusion weights (default: saves/fusion.pth, with --arch stcn "
+                          "saves/fusion_stcn.pth)")
     net.add_argument("--random-weights", action="store_true",
                      help="random initialisation instead of checkpoints (testing the tool)")
     net.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     net.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if "
                                                     "available)")
     inf = p.add_argument_group("inference (memory options keep long videos bounded)")
-    inf.add_argument("--top-k", type=parse_top_k, default=50, help="top-k memory read or 'none'")
+    inf.add_argument("--top-k", type=parse_top_k, default=argparse.SUPPRESS,
+                     help="top-k memory read or 'none' (default: 50, with --arch stcn 20)")
     inf.add_argument("--mem-every", type=int, default=5)
     inf.add_argument("--fusion", choices=["diff", "linear", "none"], default="diff")
     inf.add_argument("--prob-dtype", choices=["float32", "float16", "uint8"], default="float16",
@@ -84,14 +91,18 @@ def _settings(args: argparse.Namespace):
     import torch
 
     from gui.controller import SessionSettings
+    from inference.arch import defaults_for
 
+    arch = defaults_for(args.arch)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     amp = {"bf16": "bfloat16", "fp16": "float16", None: None}[args.amp]
     return SessionSettings(
         arch=args.arch, preset=args.preset, s2m_model=args.s2m_model,
-        prop_model=args.prop_model, fusion_model=args.fusion_model,
+        prop_model=args.prop_model or f"saves/{arch.prop_model}",
+        fusion_model=args.fusion_model or f"saves/{arch.fusion_model}",
         random_weights=args.random_weights, seed=args.seed, device=device,
-        resolution=args.resolution, num_objects=args.num_objects, top_k=args.top_k,
+        resolution=args.resolution, num_objects=args.num_objects,
+        top_k=getattr(args, "top_k", arch.top_k),
         mem_every=args.mem_every, fusion=args.fusion, prob_dtype=args.prob_dtype,
         image_cache=args.image_cache, feature_cache_mb=args.feature_cache_mb,
         memory_budget=args.memory_budget, amp=amp, frame_cache=args.frame_cache,

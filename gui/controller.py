@@ -119,10 +119,13 @@ class SessionSettings:
     history: int = 50  # undo states per frame
 
     def inference_config(self) -> InferenceConfig:
-        return InferenceConfig(top_k=self.top_k, mem_every=self.mem_every, fusion=self.fusion,
-                               prob_dtype=self.prob_dtype, image_cache=self.image_cache,
-                               feature_cache_mb=self.feature_cache_mb,
-                               memory_budget=self.memory_budget, amp=self.amp)
+        """The core's options: the architecture's defaults (e.g. no temporary memory for
+        stcn) with the session's settings."""
+        return InferenceConfig.for_arch(
+            self.arch, top_k=self.top_k, mem_every=self.mem_every, fusion=self.fusion,
+            prob_dtype=self.prob_dtype, image_cache=self.image_cache,
+            feature_cache_mb=self.feature_cache_mb, memory_budget=self.memory_budget,
+            amp=self.amp)
 
     def weights(self) -> WeightFiles:
         return WeightFiles(self.s2m_model, self.prop_model, self.fusion_model)

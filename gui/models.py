@@ -2,8 +2,9 @@
 
 ``ARCHITECTURES`` maps an ``--arch`` name to the function that builds its three networks
 (S2M, propagation, fusion). The names are those of ``model.presets.PROPAGATION_ARCHS`` that the
-tool can run end to end; adding an architecture to the GUI (e.g. ``stcn``, once the inference
-core runs it) is one more entry here, and the command line takes its choices from this table.
+tool can run end to end (``mivos`` and ``stcn``: the inference core drives either through
+:mod:`inference.arch`); adding an architecture to the GUI is one more entry here, and the
+command line takes its choices from this table.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from model.checkpoint import load_weights
+from model.presets import build_fusion, build_propagation, build_s2m
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +42,6 @@ class WeightFiles:
 
 
 def _load_or_random(net: torch.nn.Module, path: str | None, what: str, random_weights: bool) -> None:
-    from model.checkpoint import load_weights
-
     if random_weights:
         return
     if path is None:
@@ -50,12 +52,9 @@ def _load_or_random(net: torch.nn.Module, path: str | None, what: str, random_we
     load_weights(net, path)
 
 
-def build_mivos(preset: str, weights: WeightFiles, random_weights: bool, device: torch.device,
-                with_fusion: bool = True) -> Networks:
-    """MiVOS main: DeepLabV3+ S2M, STM-style propagation with top-k read, FusionNet."""
-    from model.presets import build_fusion, build_propagation, build_s2m
-
-    s2m, prop = build_s2m(preset), build_propagation(preset)
+def _build(arch: str, preset: str, weights: WeightFiles, random_weights: bool,
+           device: torch.device, with_fusion: bool) -> Networks:
+    s2m, prop = build_s2m(preset), build_propagation(preset, arch=arch)
     fusion = build_fusion(preset) if with_fusion else None
     _load_or_random(s2m, weights.s2m, "s2m", random_weights)
     _load_or_random(prop, weights.propagation, "prop", random_weights)
@@ -67,11 +66,25 @@ def build_mivos(preset: str, weights: WeightFiles, random_weights: bool, device:
     return Networks(s2m, prop, fusion, device)
 
 
+def build_mivos(preset: str, weights: WeightFiles, random_weights: bool, device: torch.device,
+                with_fusion: bool = True) -> Networks:
+    """MiVOS main: DeepLabV3+ S2M, STM-style propagation with top-k read, FusionNet."""
+    return _build("mivos", preset, weights, random_weights, device, with_fusion)
+
+
+def build_stcn(preset: str, weights: WeightFiles, random_weights: bool, device: torch.device,
+               with_fusion: bool = True) -> Networks:
+    """MiVOS-STCN: the same S2M, the STCN propagation network (shared keys, top-k 20), a
+    FusionNet trained on it (``fusion_stcn.pth``)."""
+    return _build("stcn", preset, weights, random_weights, device, with_fusion)
+
+
 Builder = Callable[[str, WeightFiles, bool, torch.device, bool], Networks]
 
 #: --arch name -> builder(preset, weights, random_weights, device, with_fusion)
 ARCHITECTURES: dict[str, Builder] = {
     "mivos": build_mivos,
+    "stcn": build_stcn,
 }
 DEFAULT_ARCH = "mivos"
 
