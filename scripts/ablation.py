@@ -9,10 +9,13 @@ Rows (what changes between them):
 | row | memory read | fusion | interaction |
 |---|---|---|---|
 | no top-k | full softmax | none | S2M |
-| top-k | top-k 50 | none | S2M |
-| linear fusion | top-k 50 | linear | S2M |
-| difference-aware fusion | top-k 50 | diff | S2M |
-| perfect interaction | top-k 50 | diff | ground truth |
+| top-k | top-k | none | S2M |
+| linear fusion | top-k | linear | S2M |
+| difference-aware fusion | top-k | diff | S2M |
+| perfect interaction | top-k | diff | ground truth |
+
+``--arch mivos|stcn`` is passed to every evaluation: the propagation architecture, with its
+top-k (50 for mivos, 20 for stcn) and its default weight names.
 
 Example (official weights on real DAVIS)::
 
@@ -42,12 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# the top-k rows use the architecture's top-k (the evaluation's default for --arch)
 ROWS = [
     ("no_topk", "no top-k", ["--top-k", "none", "--fusion", "none"]),
-    ("topk", "top-k", ["--top-k", "50", "--fusion", "none"]),
-    ("linear", "linear fusion", ["--top-k", "50", "--fusion", "linear"]),
-    ("diff", "difference-aware fusion", ["--top-k", "50", "--fusion", "diff"]),
-    ("oracle", "perfect interaction", ["--top-k", "50", "--fusion", "diff", "--oracle"]),
+    ("topk", "top-k", ["--fusion", "none"]),
+    ("linear", "linear fusion", ["--fusion", "linear"]),
+    ("diff", "difference-aware fusion", ["--fusion", "diff"]),
+    ("oracle", "perfect interaction", ["--fusion", "diff", "--oracle"]),
 ]
 
 
@@ -171,7 +175,7 @@ def ablation_fingerprint(args: argparse.Namespace, passthrough: list[str]) -> di
     """Data, preset, result-changing evaluation options and the hash of each weight file."""
     from util.fingerprint import make_fingerprint, weights_entry
 
-    config = {"davis": str(Path(args.davis).resolve()), "preset": args.preset,
+    config = {"davis": str(Path(args.davis).resolve()), "preset": args.preset, "arch": args.arch,
               "evaluation_options": result_options(passthrough)}
     weights = {kind: weights_entry(path) for kind, path in (
         ("s2m", args.s2m_model), ("propagation", args.prop_model),
@@ -192,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prop-model", help="propagation weights")
     p.add_argument("--fusion-model", help="fusion weights")
     p.add_argument("--preset", default="mivos", choices=["mivos", "lite"])
+    p.add_argument("--arch", default="mivos", choices=["mivos", "stcn"],
+                   help="propagation architecture passed to every evaluation (default: mivos)")
     p.add_argument("--rows", nargs="+", default=[r[0] for r in ROWS], choices=[r[0] for r in ROWS],
                    help="which rows to run (default: all)")
     p.add_argument("--restart", action="store_true",
@@ -235,7 +241,8 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
         if key not in args.rows:
             continue
         row_out = out / key
-        cmd = ["--davis", args.davis, "--output", str(row_out), "--preset", args.preset, *flags]
+        cmd = ["--davis", args.davis, "--output", str(row_out), "--preset", args.preset,
+               "--arch", args.arch, *flags]
         for flag, value in (("--s2m-model", args.s2m_model), ("--prop-model", args.prop_model),
                             ("--fusion-model", args.fusion_model)):
             if value:
