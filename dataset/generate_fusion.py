@@ -4,10 +4,11 @@ For every video and every reference frame ``r = 0, s, 2s, ...`` (``s`` = ``--sep
 the objects with more than ``--min-pixels`` (100) pixels in the ground truth of ``r`` (at most
 the first ``--max-objects`` (5), by label) are propagated from the ground-truth mask of ``r``
 (aggregated with background, REFERENCE.md 0.3) forwards and backwards with the propagation network,
-using the inference memory rule (reference frame + every ``--mem-every``-th frame of the pass
-+ the previous frame as temporary memory; top-k ``--top-k``), over the whole video or over
-``r +- --range`` frames. Each object's probability at every reached frame (the reference frame
-included) is stored as an 8-bit PNG (probability x 255)::
+using the inference memory rule of its architecture (``--arch``: mivos = reference frame + every
+``--mem-every``-th frame of the pass + the previous frame as temporary memory, top-k 50; stcn =
+the same without the temporary memory, top-k 20, REFERENCE.md j.2; ``--top-k`` overrides), over
+the whole video or over ``r +- --range`` frames. Each object's probability at every reached
+frame (the reference frame included) is stored as an 8-bit PNG (probability x 255)::
 
     <output>/<video>/<r:05d>/<label:05d>/<frame:05d>.png
 
@@ -21,7 +22,7 @@ FusionDataset` reads one run folder or a folder of them.
 Command line::
 
     python -m dataset.generate_fusion --data ROOT --prop-model F --preset P --output DIR \\
-        [--separation S --range R --mem-every M --top-k K --device D]
+        [--arch mivos|stcn --separation S --range R --mem-every M --top-k K --device D]
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ class FusionGenerationSettings(dict):
     """The settings that define a run folder (stored in ``fusion_run.json``)."""
 
     KEYS = ("separation", "range", "mem_every", "top_k", "min_pixels", "max_objects",
-            "preset", "prop_model_sha1", "version")
+            "preset", "arch", "prop_model_sha1", "version")
+    #: the value of a key that run folders written before it existed hold implicitly
+    IMPLIED = {"arch": "mivos"}
 
     def matches(self, other: dict[str, Any]) -> bool:
-        return all(self.get(k) == other.get(k) for k in self.KEYS)
+        return all(self.get(k) == other.get(k, self.IMPLIED.get(k)) for k in self.KEYS)
 
 
 def file_sha1(path: str | os.PathLike, limit: int | None = None) -> str:
@@ -132,9 +135,10 @@ def generate_video(net: torch.nn.Module, video: VideoEntry, out_dir: Path,
             continue
         lo, hi = (0, n) if rng_ is None else (max(0, r - rng_), min(n, r + rng_ + 1))
         frames = _LazyFrames(video, lo, hi)
-        cfg = InferenceConfig(top_k=settings["top_k"], mem_every=settings["mem_every"],
-                              include_last=True, fusion="none", image_cache=8,
-                              feature_cache_mb=256.0)
+        # the architecture's schedule (temporary memory for mivos only)
+        cfg = InferenceConfig.for_arch(settings.get("arch", "mivos"), top_k=settings["top_k"],
+                                       mem_every=settings["mem_every"], fusion="none",
+                                       image_cache=8, feature_cache_mb=256.0)
         core = InferenceCore(net, None, frames, len(objects), cfg, device=device)
         onehot = torch.from_numpy(np.stack([labels == lab for lab in objects]).astype(np.float32))
         core.interact(aggregate(onehot, dim=0), r - lo)
@@ -152,26 +156,35 @@ def generate_video(net: torch.nn.Module, video: VideoEntry, out_dir: Path,
 def generate_fusion_data(data_root: str | os.PathLike, prop_model: str | os.PathLike,
                          output: str | os.PathLike, preset: str = "mivos",
                          separation: int = 10, range_: int | None = None, mem_every: int = 5,
-                         top_k: int | None = 50, min_pixels: int = 100, max_objects: int = 5,
+                         top_k: int | None | str = "arch", min_pixels: int = 100,
+                         max_objects: int = 5,
                          subset: str | os.PathLike | Sequence[str] | None = "auto",
                          device: str | torch.device | None = None, progress: bool = True,
-                         max_videos: int | None = None) -> dict[str, Any]:
+                         max_videos: int | None = None, arch: str = "mivos") -> dict[str, Any]:
     """Generate (or complete) one run folder of fusion data; returns a summary.
 
     Args:
         data_root: DAVIS-layout or plain (BL30K / YouTubeVOS) dataset root.
-        prop_model: multi-object propagation weights (strictly loaded; a single-object
-            stage-0 file is widened like ``train_prop --load`` does, which is logged).
+        prop_model: multi-object propagation weights of architecture ``arch`` (strictly
+            loaded; a single-object stage-0 file is widened like ``train_prop --load`` does,
+            which is logged).
+        arch: the propagation architecture (``mivos`` or ``stcn``): the network built and its
+            inference schedule (:mod:`inference.arch`).
+        top_k: the memory read's top-k, None for a full softmax, ``"arch"`` for the
+            architecture's default (50 for mivos, 20 for stcn).
         output: the run folder.
         subset: video list (file or names); ``"auto"`` = ``ImageSets/2017/train.txt`` when
             the root has one (DAVIS: train split only), else all videos; None = all videos.
         range_: None = whole video, else r +- range_ frames.
     """
+    from inference.arch import defaults_for
     from model.presets import build_propagation
     from model.train_wrappers import load_propagation_weights
     from util.fileio import atomic_save_json
     from util.trainer import resolve_device
 
+    if top_k == "arch":
+        top_k = defaults_for(arch).top_k
     if separation < 1 or mem_every < 1:
         raise ValueError("--separation and --mem-every must be >= 1")
     if range_ is not None and range_ < 1:
@@ -197,7 +210,7 @@ def generate_fusion_data(data_root: str | os.PathLike, prop_model: str | os.Path
     settings = FusionGenerationSettings(
         separation=int(separation), range=None if range_ is None else int(range_),
         mem_every=int(mem_every), top_k=None if top_k is None else int(top_k),
-        min_pixels=int(min_pixels), max_objects=int(max_objects), preset=preset,
+        min_pixels=int(min_pixels), max_objects=int(max_objects), preset=preset, arch=arch,
         prop_model_sha1=file_sha1(model_path), version=FORMAT_VERSION)
     out = Path(output)
     run_file = out / RUN_FILE
@@ -212,7 +225,7 @@ def generate_fusion_data(data_root: str | os.PathLike, prop_model: str | os.Path
     atomic_save_json(run_file, record)
 
     dev = resolve_device(None if device is None else str(device))
-    net = build_propagation(preset, single_object=False)
+    net = build_propagation(preset, single_object=False, arch=arch)
     load_propagation_weights(net, model_path)
     net.to(dev).eval()
 
@@ -254,7 +267,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         "train split of ImageSets/2017/train.txt is used) or plain layout "
                         "(BL30K, YouTubeVOS: JPEGImages/<video>, Annotations/<video>)")
     p.add_argument("--prop-model", required=True, metavar="FILE",
-                   help="trained multi-object propagation weights (.pth)")
+                   help="trained multi-object propagation weights (.pth) of --arch")
+    p.add_argument("--arch", default="mivos", choices=("mivos", "stcn"),
+                   help="propagation architecture of --prop-model (default: mivos); sets the "
+                        "memory schedule (stcn: no temporary memory) and the default --top-k")
     p.add_argument("--preset", default="mivos", choices=("mivos", "lite"),
                    help="architecture preset of the propagation weights (default: mivos)")
     p.add_argument("--output", required=True, metavar="DIR",
@@ -268,8 +284,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem-every", type=int, default=5,
                    help="a frame becomes permanent memory every this many frames of a pass "
                         "(default: 5)")
-    p.add_argument("--top-k", type=int, default=50,
-                   help="top-k memory read; 0 = full softmax (default: 50)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="top-k memory read; 0 = full softmax (default: 50, with --arch stcn 20)")
     p.add_argument("--min-pixels", type=int, default=100,
                    help="objects need more than this many pixels at the reference frame "
                         "(default: 100)")
@@ -301,9 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         generate_fusion_data(
             args.data, args.prop_model, args.output, preset=args.preset,
             separation=args.separation, range_=args.range_, mem_every=args.mem_every,
-            top_k=args.top_k if args.top_k > 0 else None, min_pixels=args.min_pixels,
-            max_objects=args.max_objects, subset=subset, device=args.device,
-            progress=not args.no_progress, max_videos=args.max_videos)
+            top_k="arch" if args.top_k is None else (args.top_k if args.top_k > 0 else None),
+            min_pixels=args.min_pixels, max_objects=args.max_objects, subset=subset,
+            device=args.device, progress=not args.no_progress, max_videos=args.max_videos,
+            arch=args.arch)
     except (InputError, FileNotFoundError, ValueError) as e:
         print(error_line(e), file=sys.stderr)
         return 2
