@@ -173,11 +173,29 @@ def curriculum(cfg, data) -> Any:
     return on_epoch
 
 
+def load_imagenet(net, key_file, value_file=None) -> None:
+    """Initialise the encoders from local torchvision-format ImageNet ResNet files: MiVOS's
+    memory encoder (stem widened to the mask channels) and query encoder from ``key_file``;
+    STCN's key encoder from ``key_file`` and value encoder (its ``fuser`` kept) from
+    ``value_file`` (default ``key_file``)."""
+    from model.checkpoint import imagenet_resnet, keep_network, load_weights
+    from model.propagation import QueryEncoder
+
+    query = imagenet_resnet(rename=QueryEncoder.TORCHVISION_NAMES)
+    if net.arch == "stcn":
+        load_weights(net.key_encoder, key_file, adapt=query)
+        load_weights(net.value_encoder, value_file or key_file,
+                     adapt=[keep_network("fuser."), imagenet_resnet()])
+    else:
+        load_weights(net.mask_rgb_encoder, key_file, adapt=imagenet_resnet())
+        load_weights(net.rgb_encoder, key_file, adapt=query)
+
+
 def build_network(cfg, ctx):
     """The ``--arch`` propagation network with the requested initialisation (skipped when
     resuming)."""
+    from model.checkpoint import load_propagation_weights
     from model.presets import build_propagation, get_preset
-    from model.train_wrappers import load_propagation_weights
     from util.config import ConfigError
 
     net = build_propagation(cfg.preset, single_object=cfg.single_object, arch=cfg.arch)
@@ -192,9 +210,9 @@ def build_network(cfg, ctx):
                     f"--arch stcn --preset {cfg.preset}: --imagenet FILE initialises the key "
                     f"encoder ({widths.key_backbone}) and --imagenet-value FILE the value encoder "
                     f"({widths.value_backbone}); give both")
-            net.load_imagenet_weights(cfg.imagenet, value_file)
+            load_imagenet(net, cfg.imagenet, value_file)
         elif cfg.imagenet:
-            net.load_imagenet_weights(cfg.imagenet)
+            load_imagenet(net, cfg.imagenet)
         if cfg.load:
             load_propagation_weights(net, cfg.load)
     return net

@@ -114,17 +114,15 @@ def build_dataset(cfg, info):
 
 def build_network(cfg, ctx):
     """S2M with the requested initialisation (skipped when resuming)."""
-    from model.backbone import load_imagenet_weights
-    from model.checkpoint import load_weights
+    from model.checkpoint import deeplab_s2m, imagenet_resnet, load_weights
     from model.presets import build_s2m
-    from model.s2m import load_deeplab_init
 
     net = build_s2m(cfg.preset)
     if ctx.resume_path is None:
         if cfg.imagenet:
-            load_imagenet_weights(net.backbone, cfg.imagenet)
+            load_weights(net.backbone, cfg.imagenet, adapt=imagenet_resnet())
         if cfg.deeplab:
-            load_deeplab_init(net, cfg.deeplab)
+            load_weights(net, cfg.deeplab, adapt=deeplab_s2m())
         if cfg.load:
             load_weights(net, cfg.load, strict=True)
     return net

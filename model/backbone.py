@@ -10,28 +10,24 @@ Every encoder in MiVOS is a ResNet truncated after ``layer3`` or ``layer4``:
 
 Parameter names follow torchvision (``conv1``, ``bn1``, ``layer1``..``layer4``, blocks with
 ``conv1/bn1/conv2/bn2[/conv3/bn3]`` and ``downsample.0`` (1x1 conv) / ``downsample.1`` (BN)),
-so ImageNet state dicts in torchvision format load by name (:func:`load_imagenet_weights`).
+so ImageNet state dicts in torchvision format load by name (the one loader,
+:func:`model.checkpoint.load_weights`, with :func:`model.checkpoint.imagenet_resnet`).
 There is no ``avgpool`` / ``fc``. Bottlenecks are "v1.5": the stride sits on the 3x3 conv.
 
 Strides: the stem (``conv1`` stride 2 + 3x3/2 max-pool) gives stride 4; ``layer1`` keeps it,
 ``layer2``..``layer4`` halve it unless the layer is dilated (then the first block of that layer
 uses stride 1 and the *previous* dilation, the other blocks the doubled dilation).
 
-Nothing here downloads anything: ImageNet initialisation reads a local file.
+:func:`adapt_input_conv` widens a stem to more input channels (masks next to the image); the
+checkpoint adapters use it. Nothing here reads or downloads a file.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-
-from model.checkpoint import load_state_dict_file
-
-logger = logging.getLogger(__name__)
 
 # Blocks per layer for each supported depth.
 _ARCHS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -266,111 +262,3 @@ def adapt_input_conv(
     if n_extra > 0 and extra_init == "orthogonal":
         nn.init.orthogonal_(extra)
     return torch.cat([weight.detach(), extra], dim=1)
-
-
-def _conv_bias_keys(model: nn.Module) -> set[str]:
-    return {
-        f"{name}.bias" if name else "bias"
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Conv2d) and m.bias is not None
-    }
-
-
-def _is_unbuilt_layer_key(key: str, model_children: set[str]) -> bool:
-    head = key.split(".", 1)[0]
-    if head in ("fc", "avgpool"):
-        return True
-    return head.startswith("layer") and head not in model_children
-
-
-def load_imagenet_weights(
-    model: nn.Module,
-    path: str | os.PathLike,
-    extra_channel_init: str = "orthogonal",
-    rename: Mapping[str, str] | None = None,
-) -> None:
-    """Initialise a (truncated) ResNet from a local torchvision-format ImageNet state dict.
-
-    Tensors are copied by name. Conv biases absent from the file (the file's convs have none)
-    are set to zero; BatchNorm ``num_batches_tracked`` absent from the file keep their value.
-    When the model's ``conv1`` has more input channels than the file's, the file's slices fill
-    the first channels and the extra slices are initialised by :func:`adapt_input_conv`
-    (``extra_channel_init`` = ``"orthogonal"`` or ``"zeros"``). ``fc.*``, ``avgpool`` and the
-    layers the model does not build are ignored.
-
-    Args:
-        model: a :class:`ResNet`, or a module re-registering its parts under other names.
-        path: local file (plain or wrapped state dict, see
-            :func:`model.checkpoint.load_state_dict_file`).
-        extra_channel_init: initialisation of extra ``conv1`` input channels.
-        rename: top-level module renames from model names to file names, e.g.
-            ``{"res2": "layer1"}`` for the propagation query encoder.
-
-    Raises:
-        ValueError: naming the file, for tensors the model needs that the file lacks, unexpected
-            tensors or shape mismatches other than a widened ``conv1``.
-    """
-    if extra_channel_init not in EXTRA_CHANNEL_INITS:
-        raise ValueError(
-            f"extra_channel_init must be one of {EXTRA_CHANNEL_INITS}, got {extra_channel_init!r}"
-        )
-    rename = dict(rename or {})
-    source = load_state_dict_file(path)
-    target = model.state_dict()
-    bias_keys = _conv_bias_keys(model)
-
-    def file_key(model_key: str) -> str:
-        head, _, rest = model_key.partition(".")
-        return f"{rename.get(head, head)}.{rest}" if rest else rename.get(head, head)
-
-    new_state: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    missing, bad_shape = [], []
-    zeroed = widened = 0
-    for key, current in target.items():
-        fkey = file_key(key)
-        if fkey not in source:
-            if key in bias_keys:
-                new_state[key] = torch.zeros_like(current)
-                zeroed += 1
-            elif key.endswith("num_batches_tracked"):
-                new_state[key] = current
-            else:
-                missing.append(fkey)
-            continue
-        used.add(fkey)
-        value = source[fkey]
-        if value.shape == current.shape:
-            new_state[key] = value
-        elif (
-            key == "conv1.weight"
-            and value.dim() == 4
-            and value.shape[0] == current.shape[0]
-            and value.shape[2:] == current.shape[2:]
-            and value.shape[1] < current.shape[1]
-        ):
-            new_state[key] = adapt_input_conv(value, current.shape[1], extra_channel_init)
-            widened = current.shape[1] - value.shape[1]
-        else:
-            bad_shape.append(f"{fkey}: file {tuple(value.shape)} vs model {tuple(current.shape)}")
-
-    children = {rename.get(n, n) for n, _ in model.named_children()}
-    unexpected = [
-        k for k in source if k not in used and not _is_unbuilt_layer_key(k, children)
-    ]
-    if missing or unexpected or bad_shape:
-        lines = [f"ImageNet weights {os.fspath(path)!r} do not fit the backbone:"]
-        if missing:
-            lines.append(f"  missing in file ({len(missing)}): {', '.join(missing[:20])}")
-        if unexpected:
-            lines.append(f"  unexpected in file ({len(unexpected)}): {', '.join(unexpected[:20])}")
-        if bad_shape:
-            lines.append(f"  wrong shapes ({len(bad_shape)}): {'; '.join(bad_shape[:20])}")
-        raise ValueError("\n".join(lines))
-
-    model.load_state_dict(new_state, strict=True)
-    logger.info(
-        "loaded ImageNet weights from %s: %d tensors copied, %d conv biases zeroed, "
-        "%d extra conv1 input channels (%s)",
-        os.fspath(path), len(used), zeroed, widened, extra_channel_init,
-    )

@@ -22,14 +22,14 @@ by the caller (the inference memory bank or the training loop). The memory read 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.backbone import ResNet, load_imagenet_weights
+from model.backbone import ResNet
 from model.memory import read_memory
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ class QueryEncoder(nn.Module):
 
     forward(image B x 3 x H x W) -> (f16, f8, f4).
     """
+
+    #: its top-level names that differ from torchvision's (for
+    #: :func:`model.checkpoint.imagenet_resnet`)
+    TORCHVISION_NAMES: ClassVar[dict[str, str]] = {"res2": "layer1"}
 
     def __init__(self, arch: str) -> None:
         super().__init__()
@@ -207,6 +211,10 @@ class PropagationNetwork(nn.Module):
             budget); may be changed on the instance.
     """
 
+    arch: ClassVar[str] = "mivos"  # model.presets.PROPAGATION_ARCHS
+    #: the first conv of the mask-dependent encoder (widened 4 -> 5 channels after stage 0)
+    MEMORY_STEM_KEY: ClassVar[str] = "mask_rgb_encoder.conv1.weight"
+
     def __init__(
         self, config: PropagationConfig | None = None, single_object: bool = False
     ) -> None:
@@ -229,13 +237,6 @@ class PropagationNetwork(nn.Module):
         self.kv_m_f16 = KeyValue(mem_f16_c, self.key_dim, self.value_dim)
         self.kv_q_f16 = KeyValue(f16_c, self.key_dim, self.value_dim)
         self.decoder = Decoder(2 * self.value_dim, f8_c, f4_c, self.config.decoder_channels)
-
-    def load_imagenet_weights(
-        self, path: str | os.PathLike, extra_channel_init: str = "orthogonal"
-    ) -> None:
-        """Initialise both encoders from a local torchvision-format ImageNet ResNet file."""
-        load_imagenet_weights(self.mask_rgb_encoder, path, extra_channel_init)
-        load_imagenet_weights(self.rgb_encoder, path, rename={"res2": "layer1"})
 
     def encode_query(self, image: torch.Tensor) -> QueryFeatures:
         """image: B x 3 x H x W (normalised, H, W multiples of 16) -> :class:`QueryFeatures`."""

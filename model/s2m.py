@@ -17,8 +17,6 @@ The logit map (stride 4) is upsampled bilinearly (align_corners=False) to the in
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,10 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.backbone import ResNet, adapt_input_conv
-from model.checkpoint import load_state_dict_file
-
-logger = logging.getLogger(__name__)
+from model.backbone import ResNet
 
 
 @dataclass(frozen=True)
@@ -163,47 +158,6 @@ class S2M(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+#: the final 1x1 conv (one logit); a DeepLab initialisation replaces it
+#: (:func:`model.checkpoint.deeplab_s2m`)
 FINAL_CONV = "classifier.classifier.3"
-
-
-def load_deeplab_init(model: S2M, path: str | os.PathLike) -> None:
-    """Initialise S2M for training from a VainF ``deeplabv3plus_resnet50`` checkpoint.
-
-    The file (a dict with ``model_state``, or a plain state dict) is copied by name. The
-    3-channel stem ``backbone.conv1.weight`` is widened to the model's input channels with
-    orthogonally initialised extra slices; the multi-class final 1x1 conv is replaced by an
-    orthogonally initialised one with one output and zero bias. Any other difference raises.
-    """
-    source = load_state_dict_file(path)
-    target = model.state_dict()
-    new_state: dict[str, torch.Tensor] = {}
-    problems: list[str] = []
-    for key, current in target.items():
-        if key not in source:
-            if key.endswith("num_batches_tracked"):
-                new_state[key] = current
-            else:
-                problems.append(f"missing {key}")
-            continue
-        value = source[key]
-        if value.shape == current.shape:
-            new_state[key] = value
-        elif key == "backbone.conv1.weight" and value.shape[1] < current.shape[1]:
-            new_state[key] = adapt_input_conv(value, current.shape[1], "orthogonal")
-        elif key == f"{FINAL_CONV}.weight":
-            fresh = torch.empty_like(current)
-            nn.init.orthogonal_(fresh)
-            new_state[key] = fresh
-        elif key == f"{FINAL_CONV}.bias":
-            new_state[key] = torch.zeros_like(current)
-        else:
-            problems.append(
-                f"wrong shape {key}: file {tuple(value.shape)} vs model {tuple(current.shape)}"
-            )
-    problems += [f"unexpected {k}" for k in source if k not in target]
-    if problems:
-        raise ValueError(
-            f"DeepLab weights {os.fspath(path)!r} do not fit S2M: " + "; ".join(problems[:30])
-        )
-    model.load_state_dict(new_state, strict=True)
-    logger.info("initialised S2M from DeepLab weights %s", os.fspath(path))

@@ -63,7 +63,6 @@ An inference core uses it with B = 1 (REFERENCE.md j.2):
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -71,7 +70,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.backbone import ResNet, load_imagenet_weights
+from model.backbone import ResNet
 from model.memory import read_memory
 from model.propagation import Decoder, QueryEncoder, ResBlock, others_masks
 
@@ -241,20 +240,6 @@ class ValueEncoder(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fuser(x, f16)
 
-    def load_imagenet_weights(
-        self, path: str | os.PathLike, extra_channel_init: str = "orthogonal"
-    ) -> None:
-        """Initialise the ResNet part from a local torchvision-format ImageNet file (the extra
-        input channels of ``conv1`` by ``extra_channel_init``); ``fuser`` is left as it is."""
-        backbone = ResNet(self.arch, in_channels=self.in_channels, conv_bias=True, last_layer=3)
-        backbone = backbone.to(self.conv1.weight.device)
-        load_imagenet_weights(backbone, path, extra_channel_init)
-        result = self.load_state_dict(backbone.state_dict(), strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("fuser.")]
-        if missing or result.unexpected_keys:  # pragma: no cover - same ResNet by construction
-            raise RuntimeError(f"value encoder does not match its ResNet: {missing} "
-                               f"{result.unexpected_keys}")
-
 
 class KeyProjection(nn.Module):
     """3x3 conv f16 -> CK, registered as ``key_proj`` (orthogonal weight, zero bias)."""
@@ -334,21 +319,6 @@ class STCNNetwork(nn.Module):
         self.key_comp = nn.Conv2d(f16_c, self.value_dim, 3, padding=1)
         self.decoder = Decoder(2 * self.value_dim, f8_c, f4_c, self.config.decoder_channels,
                                upsample=SkipUpsampleBlock)
-
-    # ---------------------------------------------------------------- initialisation
-
-    def load_imagenet_weights(
-        self,
-        key_path: str | os.PathLike,
-        value_path: str | os.PathLike | None = None,
-        extra_channel_init: str = "orthogonal",
-    ) -> None:
-        """Initialise the key encoder from ``key_path`` and the value encoder's ResNet from
-        ``value_path`` (default ``key_path``; the depths must match the preset's backbones,
-        e.g. ResNet-50 and ResNet-18 for ``mivos``). Local torchvision-format files."""
-        load_imagenet_weights(self.key_encoder, key_path, rename={"res2": "layer1"})
-        self.value_encoder.load_imagenet_weights(
-            key_path if value_path is None else value_path, extra_channel_init)
 
     # ---------------------------------------------------------------- encoders
 
@@ -454,13 +424,7 @@ class STCNNetwork(nn.Module):
         readout = self.read(query.key, mem_key, mem_value, top_k, memory_budget)
         k = readout.shape[1]
         x = torch.cat([readout.flatten(0, 1), _repeat_rows(query.value, k)], dim=1)
-        if batch == 1:
-            # one frame: the skip branches (skip_conv on f8 / f4) run once for all objects and
-            # their sum with the upsampled object features broadcasts over the objects, as in
-            # the original; repeating f8 / f4 would run them once per object
-            logits = self.decoder(x, query.f8, query.f4)
-        else:
-            logits = self.decoder(x, _repeat_rows(query.f8, k), _repeat_rows(query.f4, k))
+        logits = self.decoder(x, _repeat_rows(query.f8, k), _repeat_rows(query.f4, k))
         return logits.view(batch, k, *logits.shape[-2:])
 
     def attention_transfer(

@@ -36,12 +36,7 @@ import torch
 import torch.nn as nn
 
 from model.aggregate import aggregate
-from model.backbone import adapt_input_conv
-from model.checkpoint import (
-    CheckpointMismatchError,
-    compare_state_dicts,
-    load_state_dict_file,
-)
+from model.checkpoint import drop_keys, load_propagation_weights, load_weights
 from model.fusion import FusionNet
 from model.losses import BootstrappedCE, compute_iou, per_sample_bootstrapped_ce
 from model.propagation import (
@@ -71,9 +66,6 @@ __all__ = [
     "STCNTrainWrapper",
     "STCNAttentionReader",
 ]
-
-MEMORY_STEM = "mask_rgb_encoder.conv1.weight"
-
 
 def freeze_bn(module: nn.Module) -> int:
     """Put every BatchNorm layer of ``module`` in eval mode (running statistics frozen).
@@ -268,35 +260,6 @@ def propagation_loss(criterion: BootstrappedCE, out: PropagationOutput, cls_gt: 
     return total, scalars
 
 
-def load_propagation_weights(net: PropagationNetwork | STCNNetwork, path: str | os.PathLike,
-                             extra_channel_init: str = "orthogonal") -> None:
-    """Load propagation weights strictly, widening a single-object (4-channel) memory-encoder
-    stem (STCN: value-encoder stem) to the network's 5 channels when needed (stage 0 ->
-    stages 1/2; the appended "others" slice is initialised by
-    :func:`model.backbone.adapt_input_conv`).
-
-    Raises :class:`model.checkpoint.CheckpointMismatchError` for any other difference.
-    """
-    state = load_state_dict_file(path)
-    reference = net.state_dict()
-    stem_key = getattr(net, "MEMORY_STEM_KEY", MEMORY_STEM)
-    stem = state.get(stem_key)
-    want = reference.get(stem_key)
-    if stem is not None and want is not None and stem.shape != want.shape:
-        if stem.shape[1] < want.shape[1] and stem.shape[0] == want.shape[0]:
-            state = dict(state)
-            state[stem_key] = adapt_input_conv(stem, want.shape[1], extra_channel_init)
-            logger.info("%s: widened %s from %d to %d input channels (%s)", os.fspath(path),
-                        stem_key, stem.shape[1], want.shape[1], extra_channel_init)
-    result = compare_state_dicts(state, reference)
-    missing = [k for k in result.missing if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected or result.shape_mismatch:
-        raise CheckpointMismatchError(path, missing, result.unexpected, result.shape_mismatch)
-    state = {**{k: reference[k] for k in result.missing}, **state}
-    net.load_state_dict(state, strict=True)
-    logger.info("loaded propagation weights from %s", os.fspath(path))
-
-
 # ============================================================================ fusion
 
 
@@ -319,31 +282,11 @@ class AttentionReader(PropagationNetwork):
         raise RuntimeError("AttentionReader has no decoder; it only computes attention maps")
 
     def load_from_propagation(self, path: str | os.PathLike) -> None:
-        """Load the encoders / projections from a propagation checkpoint.
-
-        The ``decoder.*`` entries are filtered out explicitly; everything else must match
-        exactly (strict, :class:`model.checkpoint.CheckpointMismatchError` otherwise). A
-        single-object (4-channel stem) file is refused: the reader needs the "others"
-        channel of a multi-object network.
-        """
-        state = load_state_dict_file(path)
-        kept = {k: v for k, v in state.items() if not k.startswith("decoder.")}
-        dropped = len(state) - len(kept)
-        stem = kept.get(MEMORY_STEM)
-        if stem is not None and stem.shape[1] == 4:
-            raise CheckpointMismatchError(
-                path, [], [], [(MEMORY_STEM, tuple(stem.shape),
-                                tuple(self.state_dict()[MEMORY_STEM].shape))])
-        reference = self.state_dict()
-        result = compare_state_dicts(kept, reference)
-        missing = [k for k in result.missing if not k.endswith("num_batches_tracked")]
-        if missing or result.unexpected or result.shape_mismatch:
-            raise CheckpointMismatchError(path, missing, result.unexpected,
-                                          result.shape_mismatch)
-        kept = {**{k: reference[k] for k in result.missing}, **kept}
-        self.load_state_dict(kept, strict=True)
-        logger.info("attention reader: loaded %d tensors from %s (%d decoder tensors ignored)",
-                    len(kept), os.fspath(path), dropped)
+        """Load the encoders / projections from a multi-object propagation checkpoint: the one
+        loader with its ``decoder.*`` tensors dropped; everything else must match exactly
+        (:class:`model.checkpoint.CheckpointMismatchError` otherwise, e.g. for the 4-channel
+        stem of a single-object file: the reader needs the "others" channel)."""
+        load_weights(self, path, adapt=drop_keys("decoder."))
 
     @torch.no_grad()
     def forward(self, ref_image: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
@@ -509,20 +452,10 @@ class STCNAttentionReader(nn.Module):
 
     def load_from_propagation(self, path: str | os.PathLike) -> None:
         """Load ``key_encoder.*`` and ``key_proj.*`` from an STCN propagation checkpoint
-        (single- or multi-object); its value encoder, ``key_comp`` and decoder are ignored.
-        Any other difference raises :class:`model.checkpoint.CheckpointMismatchError`."""
-        state = load_state_dict_file(path)
-        kept = {k: v for k, v in state.items() if not k.startswith(self.IGNORED)}
-        dropped = len(state) - len(kept)
-        reference = self.state_dict()
-        result = compare_state_dicts(kept, reference)
-        missing = [k for k in result.missing if not k.endswith("num_batches_tracked")]
-        if missing or result.unexpected or result.shape_mismatch:
-            raise CheckpointMismatchError(path, missing, result.unexpected, result.shape_mismatch)
-        kept = {**{k: reference[k] for k in result.missing}, **kept}
-        self.load_state_dict(kept, strict=True)
-        logger.info("STCN attention reader: loaded %d tensors from %s (%d value-encoder / "
-                    "key_comp / decoder tensors ignored)", len(kept), os.fspath(path), dropped)
+        (single- or multi-object): the one loader with the value encoder, ``key_comp`` and
+        decoder dropped. Any other difference raises
+        :class:`model.checkpoint.CheckpointMismatchError`."""
+        load_weights(self, path, adapt=drop_keys(*self.IGNORED))
 
     @torch.no_grad()
     def forward(self, ref_image: torch.Tensor, before: torch.Tensor, after: torch.Tensor,

@@ -12,18 +12,20 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.backbone import ResNet, adapt_input_conv, load_imagenet_weights
+import train_prop
+from model.backbone import ResNet, adapt_input_conv
 from model.checkpoint import (
     CheckpointFormatError,
     CheckpointMismatchError,
     count_parameters,
+    deeplab_s2m,
+    imagenet_resnet,
     load_state_dict_file,
     load_weights,
     main,
     save_weights,
 )
 from model.presets import build_fusion, build_propagation, build_s2m
-from model.s2m import load_deeplab_init
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO_ROOT / "tests" / "data" / "checkpoints"
@@ -359,7 +361,7 @@ def test_load_imagenet_weights_widens_stem(init, fake_imagenet_r18):
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.ones_(m.bias)
-    load_imagenet_weights(net, path, extra_channel_init=init)
+    load_weights(net, path, adapt=imagenet_resnet(extra_channel_init=init))
 
     w = net.conv1.weight.detach()
     assert w.shape == (64, 5, 7, 7)
@@ -382,7 +384,7 @@ def test_load_imagenet_weights_widens_stem(init, fake_imagenet_r18):
 def test_query_encoder_imagenet_rename(fake_imagenet_r18):
     path, state = fake_imagenet_r18
     net = build_propagation("lite")
-    net.load_imagenet_weights(path)
+    train_prop.load_imagenet(net, path)
     assert torch.equal(net.rgb_encoder.res2[1].conv2.weight, state["layer1.1.conv2.weight"])
     assert torch.equal(net.rgb_encoder.conv1.weight, state["conv1.weight"])
     assert torch.equal(net.mask_rgb_encoder.layer3[0].downsample[0].weight,
@@ -392,8 +394,8 @@ def test_query_encoder_imagenet_rename(fake_imagenet_r18):
 
 def test_imagenet_weights_of_wrong_depth_fail(fake_imagenet_r18):
     path, _ = fake_imagenet_r18
-    with pytest.raises(ValueError, match="resnet18_imagenet.pth"):
-        load_imagenet_weights(ResNet("resnet50", last_layer=3), path)
+    with pytest.raises(CheckpointMismatchError, match="resnet18_imagenet.pth"):
+        load_weights(ResNet("resnet50", last_layer=3), path, adapt=imagenet_resnet())
 
 
 def test_adapt_input_conv():
@@ -420,7 +422,7 @@ def test_load_deeplab_init(tmp_path):
     torch.save({"model_state": state, "cur_itrs": 30000}, path)
 
     net = build_s2m("lite")
-    load_deeplab_init(net, path)
+    load_weights(net, path, adapt=deeplab_s2m())
     w = net.backbone.conv1.weight.detach()
     assert torch.equal(w[:, :3], state["backbone.conv1.weight"])
     extra = w[:, 3:].reshape(64, -1)
@@ -434,5 +436,5 @@ def test_load_deeplab_init(tmp_path):
 
     del state["classifier.project.0.weight"]
     torch.save({"model_state": state}, path)
-    with pytest.raises(ValueError, match="classifier.project.0.weight"):
-        load_deeplab_init(build_s2m("lite"), path)
+    with pytest.raises(CheckpointMismatchError, match="classifier.project.0.weight"):
+        load_weights(build_s2m("lite"), path, adapt=deeplab_s2m())

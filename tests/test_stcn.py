@@ -21,6 +21,7 @@ from model.memory import affinity, read_memory
 from model.presets import (
     PROPAGATION_ARCHS,
     PROPAGATION_KINDS,
+    build_fusion,
     build_propagation,
     build_stcn,
     get_preset,
@@ -112,6 +113,37 @@ def test_lite_round_trip(tmp_path, capsys):
     assert ckpt_cli.main(["--kind", KIND, "--preset", "lite", str(path)]) == 0
     assert last_line(capsys.readouterr().out) == f"OK {KIND} {count_parameters(net)} parameters"
     assert count_parameters(net) == 8_822_700
+
+
+def test_mismatch_hints_name_the_architecture(tmp_path):
+    """A file of the other propagation architecture asks for --arch; another preset for
+    --preset; a single-object STCN file points at train_prop.py --arch stcn --load."""
+    stcn, mivos, stcn_s0 = (tmp_path / f"{n}.pth" for n in ("stcn", "mivos", "stcn_s0"))
+    save_weights(build_stcn("lite"), stcn)
+    save_weights(build_propagation("lite"), mivos)
+    save_weights(build_stcn("lite", single_object=True), stcn_s0)
+    cases = [
+        (build_propagation("lite"), stcn,
+         "this looks like a lite propagation-stcn checkpoint, not a propagation one: "
+         "use --arch stcn"),
+        (build_stcn("lite"), mivos,
+         "this looks like a lite propagation checkpoint, not a propagation-stcn one: "
+         "use --arch mivos"),
+        (build_propagation("mivos", arch="stcn"), stcn,
+         "this looks like a lite propagation-stcn checkpoint: add --preset lite"),
+        (build_stcn("lite"), stcn_s0,
+         "(propagation stage s0): the multi-object network loads it through train_prop.py "
+         "--arch stcn --load"),
+        (build_fusion("lite"), stcn,
+         "this looks like a lite propagation-stcn checkpoint, not a fusion one: pass it to "
+         "--prop-model --arch stcn"),
+        (build_stcn("lite").key_encoder, stcn,
+         "(it belongs to --prop-model --arch stcn with --preset lite)"),
+    ]
+    for net, path, hint in cases:
+        with pytest.raises(CheckpointMismatchError) as info:
+            load_weights(net, path)
+        assert hint in str(info.value).splitlines()[0], str(info.value).splitlines()[0]
 
 
 def test_key_projection_init():
