@@ -178,8 +178,8 @@ def generate_fusion_data(data_root: str | os.PathLike, prop_model: str | os.Path
         range_: None = whole video, else r +- range_ frames.
     """
     from inference.arch import defaults_for
+    from model.checkpoint import load_propagation_weights
     from model.presets import build_propagation
-    from model.train_wrappers import load_propagation_weights
     from util.fileio import atomic_save_json
     from util.trainer import resolve_device
 
