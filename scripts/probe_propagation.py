@@ -1,6 +1,6 @@
 """Probe what a trained propagation network has learnt, on three-frame clips of real videos.
 
-The training forward (:class:`model.train_wrappers.PropagationTrainWrapper`, full softmax, the
+The training forward (:class:`train.propagation.PropagationTrainWrapper`, full softmax, the
 same computation as in training) is run on clips taken from whole frames of a DAVIS-layout set
 instead of training crops, and the IoU of each object is measured on frames 1 and 2 of the
 clip. Two kinds of clip:
@@ -35,7 +35,21 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: the project's packages are beside scripts/
+    sys.path.insert(0, str(REPO))
+
+from dataset.common import read_image, read_label_mask  # noqa: E402
+from model.checkpoint import load_propagation_weights  # noqa: E402
+from model.presets import build_propagation  # noqa: E402
+from train.propagation import PropagationTrainWrapper  # noqa: E402
+from util.fileio import atomic_save_json  # noqa: E402
+from util.tensor_util import normalize_image, pad_divide_by, unpad  # noqa: E402
+
 BASELINE = "mask of frame t"
 
 
@@ -78,13 +92,6 @@ def _parse_size(text: str) -> tuple[int, int] | None:
 
 def load_clip(root: Path, seq: str, frames: list[int], size):
     """Frames (3 x 3 x H x W, normalised) and label maps (3 x H x W int64) of one clip."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from dataset.common import read_image, read_label_mask
-    from util.tensor_util import normalize_image
-
     imgs, labels = [], []
     for t in frames:
         img = read_image(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg")
@@ -103,10 +110,6 @@ def probe(wrapper, root: Path, seqs: list[str], gap: int, starts: list[int], siz
           single: bool) -> tuple[float, int]:
     """Mean IoU of the target object on frames 1 and 2 over every clip and object
     (``wrapper`` None: the baseline, frame t's ground truth as the answer)."""
-    import torch
-
-    from util.tensor_util import pad_divide_by, unpad
-
     ious = []
     for seq in seqs:
         n = len(list((root / "JPEGImages" / "480p" / seq).glob("*.jpg")))
@@ -116,9 +119,9 @@ def probe(wrapper, root: Path, seqs: list[str], gap: int, starts: list[int], siz
                 continue
             x, y = load_clip(root, seq, frames, size)
             x, pad = pad_divide_by(x, 16)  # zero padding, removed from the answers below
-            k = int(y[0].max())
-            for a in range(1, k + 1):
-                b = 0 if single or k == 1 else a % k + 1
+            num_objects = int(y[0].max())
+            for a in range(1, num_objects + 1):
+                b = 0 if single or num_objects == 1 else a % num_objects + 1
                 gt = pad_divide_by((y == a).float(), 16)[0][None, :, None]
                 sec = (pad_divide_by((y == b).float(), 16)[0][None, :, None] if b
                        else torch.zeros_like(gt))
@@ -139,14 +142,6 @@ def probe(wrapper, root: Path, seqs: list[str], gap: int, starts: list[int], siz
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    import torch
-
-    from model.presets import build_propagation
-    from model.train_wrappers import PropagationTrainWrapper, load_propagation_weights
-    from util.fileio import atomic_save_json
-
     torch.set_num_threads(args.threads)
     root = Path(args.root)
     listing = root / "ImageSets" / "2017" / f"{args.split}.txt"

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import train_prop
 from model.backbone import ResNet, adapt_input_conv
 from model.checkpoint import (
     CheckpointFormatError,
@@ -26,6 +25,7 @@ from model.checkpoint import (
     save_weights,
 )
 from model.presets import build_fusion, build_propagation, build_s2m
+from train.propagation import load_imagenet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO_ROOT / "tests" / "data" / "checkpoints"
@@ -384,7 +384,7 @@ def test_load_imagenet_weights_widens_stem(init, fake_imagenet_r18):
 def test_query_encoder_imagenet_rename(fake_imagenet_r18):
     path, state = fake_imagenet_r18
     net = build_propagation("lite")
-    train_prop.load_imagenet(net, path)
+    load_imagenet(net, path)
     assert torch.equal(net.rgb_encoder.res2[1].conv2.weight, state["layer1.1.conv2.weight"])
     assert torch.equal(net.rgb_encoder.conv1.weight, state["conv1.weight"])
     assert torch.equal(net.mask_rgb_encoder.layer3[0].downsample[0].weight,

@@ -11,8 +11,8 @@ import torch
 from dataset.synthetic import write_dataset
 from model.checkpoint import save_weights
 from model.presets import build_propagation
-from model.train_wrappers import PropagationOutput
 from tests._scripts import load_script
+from train.propagation import PropagationOutput
 
 
 def load_probe():

@@ -16,7 +16,13 @@ import model.memory as memory
 import train_fusion
 import train_prop
 from model import checkpoint as ckpt_cli
-from model.checkpoint import CheckpointMismatchError, count_parameters, load_weights, save_weights
+from model.checkpoint import (
+    CheckpointMismatchError,
+    count_parameters,
+    load_propagation_weights,
+    load_weights,
+    save_weights,
+)
 from model.memory import affinity, read_memory
 from model.presets import (
     PROPAGATION_ARCHS,
@@ -27,19 +33,14 @@ from model.presets import (
     get_preset,
 )
 from model.stcn import STCN_TOP_K, STCNNetwork, STCNQueryFeatures
-from model.train_wrappers import (
-    STCNAttentionReader,
-    STCNTrainWrapper,
-    load_propagation_weights,
-    propagation_loss,
-)
 from tests.test_checkpoint import last_line, random_state, read_manifest
+from train import propagation as train_propagation
+from train.fusion import FusionTrainConfig, STCNAttentionReader
+from train.propagation import PropTrainConfig, STCNTrainWrapper, propagation_loss
 from util import amp
 from util.amp import auto_amp
 from util.config import (
     ConfigError,
-    FusionTrainConfig,
-    PropTrainConfig,
     config_from_dict,
     config_to_dict,
     resolve_config,
@@ -635,7 +636,7 @@ def test_train_prop_stcn_imagenet_flags(tmp_path):
     cfg, _ = resolve_config(PropTrainConfig, ["--arch", "stcn", "--output", str(tmp_path),
                                               "--imagenet", str(tmp_path / "r50.pth")])
     with pytest.raises(ConfigError, match="imagenet-value"):
-        train_prop.build_network(cfg, SimpleNamespace(resume_path=None))
+        train_propagation.build_network(cfg, SimpleNamespace(resume_path=None))
 
 
 def test_train_fusion_stcn(data_root, stcn_s2, tmp_path, capsys):

@@ -24,25 +24,22 @@ import train_fusion
 import train_prop
 import train_s2m
 from model import checkpoint as ckpt_cli
-from model.checkpoint import CheckpointMismatchError, load_weights, save_weights
+from model.checkpoint import (
+    CheckpointMismatchError,
+    load_propagation_weights,
+    load_weights,
+    save_weights,
+)
 from model.losses import BootstrappedCE
 from model.presets import build_fusion, build_propagation, build_s2m, get_preset
-from model.train_wrappers import (
-    AttentionReader,
-    FusionTrainWrapper,
-    PropagationTrainWrapper,
-    S2MTrainWrapper,
-    freeze_bn,
-    fusion_loss,
-    load_propagation_weights,
-    propagation_loss,
-    s2m_loss,
-)
+from train import propagation as train_prop_module
+from train import s2m as train_s2m_module
+from train.common import freeze_bn
+from train.fusion import AttentionReader, FusionTrainConfig, FusionTrainWrapper, fusion_loss
+from train.propagation import PropagationTrainWrapper, PropTrainConfig, propagation_loss
+from train.s2m import S2MTrainConfig, S2MTrainWrapper, s2m_loss
 from util.config import (
     ConfigError,
-    FusionTrainConfig,
-    PropTrainConfig,
-    S2MTrainConfig,
     build_parser,
     config_from_dict,
     config_to_dict,
@@ -55,6 +52,7 @@ from util.trainer import (
     ShardedSampler,
     capture_rng_state,
     restore_rng_state,
+    sync_batchnorm,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -482,13 +480,11 @@ def test_freeze_bn_keeps_affine_trainable():
 
 
 def test_crop_scale_reaches_the_video_clips(data_root):
-    from util.config import ConfigError, resolve_config
-
     argv = common_args(data_root) + ["--stage", "s2", "--output", "unused"]
     default = resolve_config(PropTrainConfig, argv)[0]
     scaled = resolve_config(PropTrainConfig, argv + ["--crop-scale", "0.1", "0.25"])[0]
     info = DistInfo()
-    geometry = [train_prop.build_dataset(c, info).shared_geometry.transforms[1].scale
+    geometry = [train_prop_module.build_dataset(c, info).shared_geometry.transforms[1].scale
                 for c in (default, scaled)]
     assert geometry == [(0.36, 1.0), (0.1, 0.25)]
     for bad in (["0.5"], ["0.5", "0.2"], ["0", "1"], ["0.5", "1.5"]):
@@ -497,8 +493,6 @@ def test_crop_scale_reaches_the_video_clips(data_root):
 
 
 def test_sync_batchnorm_only_under_ddp_on_cuda():
-    from util.trainer import sync_batchnorm
-
     def n_sync(m):
         return sum(isinstance(x, nn.SyncBatchNorm) for x in m.modules())
 
@@ -567,13 +561,13 @@ def test_initialisation_flags(tmp_path):
 
     cfg, _ = resolve_config(PropTrainConfig, ["--preset", "lite", "--stage", "s2", "--output",
                                               "o", "--imagenet", str(imagenet)])
-    net = train_prop.build_network(cfg, ctx)
+    net = train_prop_module.build_network(cfg, ctx)
     assert torch.equal(net.rgb_encoder.conv1.weight, ref)
     assert torch.equal(net.mask_rgb_encoder.conv1.weight[:, :3], ref)
 
     cfg, _ = resolve_config(S2MTrainConfig, ["--preset", "lite", "--output", "o",
                                              "--imagenet", str(imagenet)])
-    s2m = train_s2m.build_network(cfg, ctx)
+    s2m = train_s2m_module.build_network(cfg, ctx)
     assert torch.equal(s2m.backbone.conv1.weight[:, :3], ref)
 
     # a VainF-style DeepLab file: 3-channel stem, 21-class head, wrapped under model_state
@@ -585,16 +579,16 @@ def test_initialisation_flags(tmp_path):
     torch.save({"model_state": donor}, tmp_path / "deeplab.pth")
     cfg, _ = resolve_config(S2MTrainConfig, ["--preset", "lite", "--output", "o",
                                              "--deeplab", str(tmp_path / "deeplab.pth")])
-    s2m = train_s2m.build_network(cfg, ctx)
+    s2m = train_s2m_module.build_network(cfg, ctx)
     assert torch.equal(s2m.backbone.conv1.weight[:, :3], donor["backbone.conv1.weight"])
 
     # --load from a single-object stage-0 file into a stage-2 network widens the stem
     save_weights(build_propagation("lite", single_object=True), tmp_path / "s0.pth")
     cfg, _ = resolve_config(PropTrainConfig, ["--preset", "lite", "--stage", "s2", "--output",
                                               "o", "--load", str(tmp_path / "s0.pth")])
-    assert train_prop.build_network(cfg, ctx).mask_rgb_encoder.conv1.weight.shape[1] == 5
+    assert train_prop_module.build_network(cfg, ctx).mask_rgb_encoder.conv1.weight.shape[1] == 5
     # resuming skips the initialisation (weights come from the checkpoint)
-    assert train_prop.build_network(cfg, SimpleNamespace(resume_path=Path("x"))) is not None
+    assert train_prop_module.build_network(cfg, SimpleNamespace(resume_path=Path("x"))) is not None
 
 
 def test_bf16_autocast_and_grad_clip(data_root, tmp_path):

@@ -30,6 +30,12 @@ Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) :func:`init_distribut
 the process group (NCCL on CUDA, gloo on CPU); every rank reads a disjoint shard of each
 epoch's permutation; the model is wrapped in ``DistributedDataParallel(broadcast_buffers=
 False)``. A single process needs no launcher.
+
+Entry: :func:`run_training` is the ``main`` of every trainer. It parses the command line into
+the trainer's configuration (a :class:`util.config.StagedConfig` dataclass, e.g.
+:class:`train.s2m.S2MTrainConfig`), and the trainer's ``build`` callback returns the
+:class:`TrainingParts` (train wrapper, network, task, dataset). This module knows no network and
+no dataset: it imports nothing from ``model/``, ``dataset/`` or ``inference/``.
 """
 
 from __future__ import annotations
@@ -53,10 +59,21 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+from tqdm import tqdm
 
-from model.checkpoint import save_weights, unwrap_model
 from util.amp import autocast, canonical_amp
+from util.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    resolve_config,
+    save_config,
+)
 from util.device import resolve_device
+from util.errors import InputError, error_line, require_output_dir
+from util.filecheck import prescan
+from util.fileio import atomic_torch_save
 from util.logger import Integrator, TensorBoardWriter, git_hash, save_image_grid, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -89,8 +106,11 @@ __all__ = [
     "start_run",
     "make_trainer",
     "finish_run",
-    "synthetic_static_root",
-    "synthetic_video_root",
+    "on_main_first",
+    "prescan_dataset",
+    "run_training",
+    "save_network_weights",
+    "TrainingParts",
 ]
 
 
@@ -364,6 +384,14 @@ def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> A
     return batch
 
 
+def save_network_weights(network: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``network``'s plain CPU state dict atomically: the ``<name>_<iter>.pth`` files,
+    which :func:`model.checkpoint.load_weights` reads (the network is never the DDP wrapper)."""
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    atomic_torch_save(path, state)
+    logger.info("saved %d tensors to %s", len(state), os.fspath(path))
+
+
 # ============================================================================ task / hooks
 
 
@@ -508,8 +536,6 @@ class ProgressHook(HookBase):
     def before_train(self) -> None:
         t = self.trainer
         if self.enabled and t.dist.is_main:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=t.stop_iter, initial=t.iter, desc=t.name, unit="it",
                             dynamic_ncols=True)
 
@@ -649,7 +675,7 @@ class Trainer:
     # -------------------------------------------------------------- loop
     def train(self) -> None:
         """Run from the current iteration to ``stop_iter`` (then the after_train hooks)."""
-        self.task.set_train_mode(unwrap_model(self.model))
+        self.task.set_train_mode(self.module)
         logger.info("training %s from iteration %d to %d (schedule: %d)", self.name, self.iter,
                     self.stop_iter, self.max_iter)
         for h in self._hooks:
@@ -716,12 +742,10 @@ class Trainer:
     def save_checkpoint(self, final: bool = False) -> None:
         """Weights ``<name>_<iter>.pth`` and resumable ``<name>_checkpoint.pth`` (rank 0
         writes; every rank must call). ``final`` adds ``<name>_final.pth``."""
-        from util.fileio import atomic_torch_save
-
         state = self.checkpoint_state()
         if self.dist.is_main:
             weights = self.run_dir / f"{self.name}_{self.iter}.pth"
-            save_weights(self.network, weights)
+            save_network_weights(self.network, weights)
             atomic_torch_save(self.run_dir / f"{self.name}_checkpoint.pth", state)
             if final:
                 final_path = self.run_dir / f"{self.name}_final.pth"
@@ -785,7 +809,7 @@ RUNTIME_FIELDS = ("stop_at", "resume", "device", "progress", "save_rank_weights"
 class RunContext:
     """Everything a training script sets up before building its model.
 
-    config: the resolved config (a :class:`util.config.TrainConfig` subclass); overrides: the
+    config: the resolved config (e.g. a :class:`train.common.TrainConfig`); overrides: the
     flags given on the command line; dist / device: see :func:`init_distributed`; run_dir:
     ``config.output``; resume_path: the checkpoint to resume from (None: fresh start);
     writer: TensorBoard writer (a no-op except on rank 0).
@@ -808,15 +832,6 @@ def start_run(config_cls: type, argv: Sequence[str] | None, *, prog: str, descri
 
     Raises SystemExit for malformed flags, ConfigError / FileNotFoundError for bad values.
     """
-    from util.config import (
-        apply_overrides,
-        config_from_dict,
-        config_to_dict,
-        resolve_config,
-        save_config,
-        schedule_summary,
-    )
-
     cfg, overrides = resolve_config(config_cls, argv, prog=prog, description=description,
                                     epilog=epilog)
     resume_path: Path | None = None
@@ -834,8 +849,6 @@ def start_run(config_cls: type, argv: Sequence[str] | None, *, prog: str, descri
             cfg = apply_overrides(config_from_dict(config_cls, stored, str(resume_path)),
                                   overrides, scale=False)
             cfg.validate()
-    from util.errors import require_output_dir
-
     require_output_dir(cfg.output)
     info, device = init_distributed(cfg.device)
     run_dir = Path(cfg.output)
@@ -847,7 +860,7 @@ def start_run(config_cls: type, argv: Sequence[str] | None, *, prog: str, descri
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
-    logger.info("%s", schedule_summary(cfg))
+    logger.info("%s", cfg.summary())
     logger.info("device %s, %d process(es), git %s", device, info.world_size, git_hash())
     if info.is_main:
         save_config(cfg, run_dir / "config.json")
@@ -860,8 +873,6 @@ def make_trainer(ctx: RunContext, *, model: nn.Module, network: nn.Module, task:
                  data: DataStream) -> Trainer:
     """Adam + MultiStepLR over the network's trainable parameters, default hooks, and the
     resume checkpoint restored when there is one."""
-    from util.config import config_to_dict
-
     cfg = ctx.config
     optimizer, scheduler = build_optimizer(network.parameters(), cfg.lr, cfg.weight_decay,
                                            cfg.lr_steps, cfg.lr_gamma)
@@ -882,8 +893,8 @@ def make_trainer(ctx: RunContext, *, model: nn.Module, network: nn.Module, task:
 def finish_run(ctx: RunContext, trainer: Trainer) -> None:
     """Optional per-rank weights (``--save-rank-weights``), close TensorBoard."""
     if ctx.config.save_rank_weights:
-        save_weights(trainer.network,
-                     ctx.run_dir / f"{ctx.config.name}_rank{ctx.dist.rank}_final.pth")
+        save_network_weights(trainer.network,
+                             ctx.run_dir / f"{ctx.config.name}_rank{ctx.dist.rank}_final.pth")
     ctx.writer.close()
 
 
@@ -908,9 +919,6 @@ def prescan_dataset(dataset: Dataset, info: DistInfo = DistInfo()) -> int:
     another size than its image, an RGB annotation. Datasets take part by providing
     ``input_files() -> list[util.filecheck.FileGroup]``. Under DDP each rank checks a share and
     every rank raises the first problem found by any. Returns the number of files checked here."""
-    from util.errors import InputError
-    from util.filecheck import prescan
-
     groups = [g for ds in iter_datasets(dataset) if hasattr(ds, "input_files")
               for g in ds.input_files()]
     groups = list(dict.fromkeys(groups))
@@ -938,9 +946,6 @@ def run_training(config_cls: type, argv: Sequence[str] | None, *, prog: str, des
     check the training files (:func:`prescan_dataset`), train, finish. Returns 0 on success and
     2 for bad input (config, data, checkpoint, a missing file, an output path that is a file),
     reported as one line ``error: <file>: <problem>``; the process group is always torn down."""
-    from util.config import ConfigError
-    from util.errors import InputError, error_line
-
     try:
         ctx = start_run(config_cls, argv, prog=prog, description=description)
         parts = build(ctx)
@@ -974,20 +979,6 @@ def on_main_first(info: DistInfo, fn: Callable[[], Any]) -> None:
     barrier(info)
 
 
-def synthetic_static_root(root: Path, count: int, size: int, seed: int, info: DistInfo) -> Path:
-    """Static image/mask pairs from :mod:`dataset.synthetic` under ``root/static`` (cached)."""
-    out = Path(root) / "static"
-
-    def make() -> None:
-        from dataset.synthetic import generate_static_pairs
-
-        logger.info("synthetic static pairs: %d x %d px in %s", count, size, out)
-        generate_static_pairs(out, count, size, seed)
-
-    on_main_first(info, make)
-    return out
-
-
 def sync_batchnorm(wrapper: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     """``wrapper`` with SyncBatchNorm layers when training under DDP on CUDA (batch statistics
     over all processes, identical running statistics on every rank). Elsewhere the wrapper is
@@ -999,18 +990,3 @@ def sync_batchnorm(wrapper: nn.Module, info: DistInfo, device: torch.device) -> 
         logger.warning("SyncBatchNorm needs CUDA; using per-process BatchNorm on %s", device)
         return wrapper
     return nn.SyncBatchNorm.convert_sync_batchnorm(wrapper)
-
-
-def synthetic_video_root(root: Path, preset: str, seed: int, info: DistInfo) -> Path:
-    """A DAVIS-layout synthetic video set (``dataset.synthetic`` preset) under
-    ``root/<preset>`` (cached: finished sequences are skipped)."""
-    out = Path(root) / preset
-
-    def make() -> None:
-        from dataset.synthetic import write_dataset
-
-        logger.info("synthetic videos (%s preset) in %s", preset, out)
-        write_dataset(out, preset, seed=seed)
-
-    on_main_first(info, make)
-    return out
