@@ -23,8 +23,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from util.errors import InputError
+from util.palette import MaskReadError, read_annotation
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +184,6 @@ def read_gray_mask(path: str | os.PathLike) -> np.ndarray:
     255 for every non-zero label, so a palette PNG with label 1 is not read as dark grey.
     Raises MissingFileError / CorruptFileError naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     _read_bytes(path)
     try:
@@ -206,8 +206,6 @@ def read_label_mask(path: str | os.PathLike) -> np.ndarray:
     Uses :func:`util.palette.read_annotation` (RGB images are refused); its errors are
     re-raised as MissingFileError / CorruptFileError naming the file.
     """
-    from util.palette import MaskReadError, read_annotation
-
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"mask file not found: {path}", path)

@@ -47,9 +47,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from util.errors import InputError
-from util.palette import DAVIS_VOID_LABELS, VOID_LABEL, object_ids
+from util.fileio import atomic_save_image
+from util.palette import (
+    DAVIS_VOID_LABELS,
+    VOID_LABEL,
+    object_ids,
+    read_annotation,
+    read_mask,
+    write_palette_png,
+)
 from util.video_io import FrameSource, list_frame_files, natural_sort_key
 
 logger = logging.getLogger(__name__)
@@ -164,8 +173,6 @@ class VideoSequence:
 
     def image_tensor(self, t: int):
         """Frame ``t`` as a float32 torch tensor 3 x H x W in [0, 1] (not normalised)."""
-        import torch
-
         # frames from the cache are read-only: copy before handing them to torch
         return torch.from_numpy(np.array(self.frames[t], copy=True)).permute(2, 0, 1).float() / 255.0
 
@@ -217,12 +224,8 @@ class VideoSequence:
             )
         path = Path(out_root) / rel
         if self.binary_output:
-            from util.fileio import atomic_save_image
-
             atomic_save_image(path, ((m > 0) * 255).astype(np.uint8))
         else:
-            from util.palette import write_palette_png
-
             write_palette_png(path, self.to_original_labels(m))
         return path
 
@@ -286,8 +289,6 @@ def _load_annotation(path: Path, frames: FrameSource, t: int, strict: bool = Fal
     (:func:`util.palette.read_annotation`: stored ids, RGB refused); otherwise
     :func:`util.palette.read_mask` (0/255 grayscale -> 1, DAVIS-coloured RGB accepted).
     """
-    from util.palette import read_annotation, read_mask
-
     mask = read_annotation(path) if strict else read_mask(path)
     if mask.shape != tuple(frames.original_size):
         raise DatasetFormatError(

@@ -44,8 +44,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from skimage.morphology import skeletonize  # Zhang-Suen thinning for 2-D input
 
 from dataset.mask_perturb import random_rect, random_structure
+from util.davis_compat import ensure_compat
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +133,6 @@ def _boundary_type(comp: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _thinning_type(comp: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    from skimage.morphology import skeletonize  # Zhang-Suen thinning for 2-D input
-
     skel = skeletonize(comp > 0).astype(np.uint8)
     skel = cv2.dilate(skel, _KERNEL3)
     return _sub_rect_erosions(skel, rng) > 0
@@ -217,9 +217,8 @@ def _robot():
     with _ROBOT_LOCK:
         if _ROBOT is None:
             try:
-                from util.davis_compat import ensure_compat
-
                 ensure_compat()
+                # optional dependency, imported after ensure_compat() has adapted it
                 from davisinteractive.robot import InteractiveScribblesRobot
             except ImportError as exc:
                 raise ImportError(
@@ -250,6 +249,7 @@ def robot_scribbles(gt: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     small_pred = cv2.resize(mask.astype(np.uint8), (hw, hh),
                             interpolation=cv2.INTER_NEAREST_EXACT)
     robot = _robot()
+    # optional dependency (robot_prob=0 trains without it), adapted by _robot() above
     from davisinteractive.utils.scribbles import scribbles2mask
 
     scribbles = robot.interact("s2m", small_pred[None].astype(np.int64),

@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -73,6 +74,7 @@ import shutil
 import sys
 import zlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +82,10 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
+from util.davis_compat import ensure_compat
+from util.errors import InputError, report, require_output_dir
 from util.palette import (
     DAVIS_VOID_LABELS,
     atomic_write_bytes,
@@ -222,8 +227,6 @@ def _train_small_specs(seed: int, height: int = 240, width: int = 432) -> list[S
 
 
 def _davis_val_specs() -> list[SequenceSpec]:
-    import importlib.util
-
     # davisinteractive's bundled davis.json (the file behind ``Davis.dataset``), read from
     # disk so that registrations made in this process cannot leak into the preset.
     spec = importlib.util.find_spec("davisinteractive")
@@ -387,8 +390,8 @@ def _shape_polygon(rng: np.random.Generator, kind: str) -> np.ndarray:
         n = 32
         radii = rng.uniform(0.35, 1.0, n)
         sigma = rng.uniform(1.2, 2.5)
-        k = np.arange(-8, 9)
-        kern = np.exp(-0.5 * (k / sigma) ** 2)
+        offsets = np.arange(-8, 9)
+        kern = np.exp(-0.5 * (offsets / sigma) ** 2)
         kern /= kern.sum()
         smooth = np.array([np.dot(kern, np.take(radii, np.arange(i - 8, i + 9), mode="wrap"))
                            for i in range(n)])
@@ -509,11 +512,11 @@ def _make_track(rng: np.random.Generator, T: int, H: int, W: int, radius: float,
             targets = [np.array([-1.0, 0]), np.array([1.0, 0]), np.array([0, -1.0]),
                        np.array([0, 1.0])]
             dists = [p0[0], W - p0[0], p0[1], H - p0[1]]
-            k = int(rng.integers(4))
-            ang = math.atan2(targets[k][1], targets[k][0]) + rng.uniform(-0.3, 0.3)
+            side = int(rng.integers(4))
+            ang = math.atan2(targets[side][1], targets[side][0]) + rng.uniform(-0.3, 0.3)
             direction = np.array([math.cos(ang), math.sin(ang)])
-            travel = (dists[k] + 1.3 * radius) / max(math.cos(ang - math.atan2(
-                targets[k][1], targets[k][0])), 0.5) + rng.uniform(0, 0.2) * extent
+            travel = (dists[side] + 1.3 * radius) / max(math.cos(ang - math.atan2(
+                targets[side][1], targets[side][0])), 0.5) + rng.uniform(0, 0.2) * extent
         else:
             ang = rng.uniform(0, 2 * math.pi)
             direction = np.array([math.cos(ang), math.sin(ang)])
@@ -799,9 +802,8 @@ def draw_initial_scribbles(masks: np.ndarray, sequence: str, num_scribbles: int,
     ``{"scribbles": [[path dicts] per frame], "sequence": name}``; the robot's time stamps are
     replaced by fixed values (path i: start ``i``, end ``i + 0.5``) for reproducible files.
     """
-    from util.davis_compat import ensure_compat
-
     ensure_compat()
+    # imported only after ensure_compat() has adapted davisinteractive (util.davis_compat)
     from davisinteractive.evaluation.service import ROBOT_DEFAULT_PARAMETERS
     from davisinteractive.robot import InteractiveScribblesRobot
 
@@ -1003,8 +1005,6 @@ def write_dataset(out: str | os.PathLike, preset: str, seed: int = 0, workers: i
     generated, skipped = [], []
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(jobs), desc=f"synthetic {preset}", unit="seq")
     try:
         if workers <= 1:
@@ -1014,8 +1014,6 @@ def write_dataset(out: str | os.PathLike, preset: str, seed: int = 0, workers: i
                 if bar is not None:
                     bar.update(1)
         else:
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = [pool.submit(_write_one, j) for j in jobs]
                 for fut in as_completed(futures):
@@ -1120,6 +1118,7 @@ class DavisRegistration:
     def restore(self) -> None:
         if not self._active:
             return
+        # after ensure_compat() (called when registering), as every davisinteractive import
         from davisinteractive.dataset.davis import Davis
 
         for name in self._added:
@@ -1192,9 +1191,8 @@ def register_with_davisinteractive(root_or_metadata: str | os.PathLike | dict[st
     returned :class:`DavisRegistration` restores the previous tables (``restore()`` or
     ``with``).  Call it after :func:`util.davis_compat.ensure_compat` (it does so itself).
     """
-    from util.davis_compat import ensure_compat
-
     ensure_compat()
+    # imported only after ensure_compat() has adapted davisinteractive (util.davis_compat)
     from davisinteractive.dataset.davis import Davis
 
     if isinstance(root_or_metadata, dict):
@@ -1248,9 +1246,8 @@ def register_if_synthetic(root: str | os.PathLike, subset: str = "val"
         return None
     wanted = _subset_metadata(root, subset)
 
-    from util.davis_compat import ensure_compat
-
     ensure_compat()
+    # imported only after ensure_compat() has adapted davisinteractive (util.davis_compat)
     from davisinteractive.dataset.davis import Davis
 
     official = list(Davis.sets.get(subset, []))
@@ -1307,8 +1304,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Generate a preset; 0 on success, 2 for bad input (e.g. --out is a file), one line."""
-    from util.errors import InputError, report, require_output_dir
-
     args = _build_parser().parse_args(argv)
     try:
         require_output_dir(args.out, "--out")
@@ -1321,7 +1316,7 @@ def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        try:  # the official robot logs every call at INFO through absl
+        try:  # the official robot logs every call at INFO through absl (optional dependency)
             from absl import logging as absl_logging
 
             absl_logging.set_verbosity(absl_logging.WARNING)

@@ -87,8 +87,8 @@ class BootstrappedCE(nn.Module):
             return F.cross_entropy(logits, target), 1.0
         raw = F.cross_entropy(logits, target, reduction="none").reshape(-1)
         p = self.fraction(it)
-        k = max(int(raw.numel() * p), 1)
-        hardest, _ = torch.topk(raw, k, sorted=False)
+        num_hardest = max(int(raw.numel() * p), 1)
+        hardest, _ = torch.topk(raw, num_hardest, sorted=False)
         return hardest.mean(), p
 
     def extra_repr(self) -> str:

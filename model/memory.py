@@ -149,10 +149,10 @@ def softmax_topk(aff: torch.Tensor, top_k: int | None) -> torch.Tensor:
     Entries outside the top-k set of their column are zero. ``None`` or ``top_k >= N`` is the
     plain softmax.
     """
-    k = _resolve_top_k(top_k, aff.shape[1])
-    if k is None:
+    top_k = _resolve_top_k(top_k, aff.shape[1])
+    if top_k is None:
         return torch.softmax(aff, dim=1)
-    values, indices = torch.topk(aff, k=k, dim=1)
+    values, indices = torch.topk(aff, k=top_k, dim=1)
     # subtract each column's own maximum (first entry of the sorted list), exp, normalise
     weights = torch.exp(values - values[:, :1])
     weights = weights / weights.sum(dim=1, keepdim=True)
@@ -166,15 +166,15 @@ def softmax_topk_km(
     n_mem, m_query = aff.shape[1], aff.shape[2]
     h, w = _check_query_hw(query_hw, m_query)
     _check_sigma(sigma)
-    k = _resolve_top_k(top_k, n_mem)
+    top_k = _resolve_top_k(top_k, n_mem)
     with torch.no_grad():
         centres = aff.argmax(dim=2)  # B x N, query position with the highest affinity
     gauss = _gaussian(centres, torch.arange(m_query, device=aff.device), w, sigma, aff.dtype)
     gauss = gauss.transpose(1, 2)  # B x N x M
     prod = torch.exp(aff - aff.amax(dim=1, keepdim=True)) * gauss
-    if k is None:
+    if top_k is None:
         return prod / _safe_sum(prod, dim=1)
-    values, indices = torch.topk(prod, k=k, dim=1)
+    values, indices = torch.topk(prod, k=top_k, dim=1)
     return torch.zeros_like(aff).scatter(1, indices, values / _safe_sum(values, dim=1))
 
 
@@ -226,7 +226,7 @@ def read_memory(
     batch, ck, n_mem = mem_key.shape
     cv = mem_value.shape[1]
     m_query = query_key.shape[2]
-    k = _resolve_top_k(top_k, n_mem)
+    top_k = _resolve_top_k(top_k, n_mem)
     chunk = query_chunk_size(batch, n_mem, max_elements)
 
     grid_w = 0
@@ -242,7 +242,7 @@ def read_memory(
     mem_sq = _squared_norms(mem_key) if similarity == "l2" else None
 
     values_rows = None
-    if k is not None:
+    if top_k is not None:
         # (B*N) x CV: one row per memory position; a no-op view for B x N x CV storage
         values_rows = mem_value.transpose(1, 2).reshape(batch * n_mem, cv).contiguous()
 
@@ -259,17 +259,17 @@ def read_memory(
             gauss = _gaussian(centres, pos, grid_w, km_sigma, aff.dtype)
             prod = torch.exp(aff - aff.amax(dim=2, keepdim=True)) * gauss
             del aff, gauss
-            if k is None:
+            if top_k is None:
                 weights = prod / _safe_sum(prod, dim=2)
             else:
-                vals, idx = torch.topk(prod, k=k, dim=2)
+                vals, idx = torch.topk(prod, k=top_k, dim=2)
                 weights = vals / _safe_sum(vals, dim=2)
             del prod
-        elif k is None:
+        elif top_k is None:
             weights = torch.softmax(aff, dim=2)
             del aff
         else:
-            vals, idx = torch.topk(aff, k=k, dim=2)  # sorted, descending
+            vals, idx = torch.topk(aff, k=top_k, dim=2)  # sorted, descending
             del aff
             # softmax restricted to the top-k set, with the original's arithmetic: subtract each
             # column's own maximum (vals[..., 0]), exponentiate, divide by the sum (torch.softmax
@@ -279,7 +279,7 @@ def read_memory(
 
         if mem_sq is not None:  # l2 weights are float32 or wider; read in the values' dtype
             weights = weights.to(mem_value.dtype)
-        if k is None:
+        if top_k is None:
             pieces.append(torch.bmm(mem_value, weights.transpose(1, 2)))  # B x CV x m
         else:
             out = _gather_readout(values_rows, idx, weights, n_mem)
@@ -297,13 +297,14 @@ def _gather_readout(
 ) -> torch.Tensor:
     """Weighted sum of the selected value rows: ``(B*m) x CV``.
 
-    values_rows: ``(B*N) x CV``; idx, weights: ``B x m x k`` (indices into N per batch item).
+    values_rows: ``(B*N) x CV``; idx, weights: ``B x m x top_k`` (indices into N per batch
+    item).
     """
-    batch, m, k = idx.shape
+    batch, m, top_k = idx.shape
     offsets = torch.arange(batch, device=idx.device).mul_(n_mem).view(batch, 1, 1)
-    flat_idx = (idx + offsets).reshape(batch * m, k)
+    flat_idx = (idx + offsets).reshape(batch * m, top_k)
     # under autocast the weights can come out in a lower precision than the stored values
-    per_sample = weights.reshape(batch * m, k).to(values_rows.dtype)
+    per_sample = weights.reshape(batch * m, top_k).to(values_rows.dtype)
     return F.embedding_bag(flat_idx, values_rows, per_sample_weights=per_sample, mode="sum")
 
 

@@ -43,10 +43,11 @@ def others_masks(masks: torch.Tensor) -> torch.Tensor:
     directly, as the original code does, and never as ``total - self``: that would differ by
     rounding (about 1e-7), enough to move memory keys by up to 1e-3.
     """
-    k = masks.shape[0]
-    if k == 1:
+    num_objects = masks.shape[0]
+    if num_objects == 1:
         return torch.zeros_like(masks)
-    rows = [torch.sum(masks[[j for j in range(k) if j != i]], dim=0, keepdim=True) for i in range(k)]
+    rows = [torch.sum(masks[[j for j in range(num_objects) if j != i]], dim=0, keepdim=True)
+            for i in range(num_objects)]
     return torch.cat(rows, dim=0)
 
 

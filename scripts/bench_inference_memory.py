@@ -44,6 +44,16 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script: the project's packages are beside scripts/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inference.inference_core import InferenceConfig, InferenceCore  # noqa: E402
+from model.presets import build_fusion, build_propagation  # noqa: E402
+
 RESOLUTIONS = {"480p": (480, 854), "1080p": (1080, 1920), "240p": (240, 427), "120p": (120, 214)}
 SETUPS = {
     "original": dict(prob_dtype="float32", image_cache=100000, feature_cache_mb=1e9,
@@ -56,12 +66,8 @@ class ProceduralFrames:
     """A video of T frames of H x W, each made on request from a fixed texture (lazy reader)."""
 
     def __init__(self, t: int, h: int, w: int, seed: int = 0):
-        import numpy as np
-
         rng = np.random.default_rng(seed)
         small = rng.integers(0, 255, size=(h // 8 + 2, (w + t) // 8 + 2, 3), dtype=np.uint8)
-        import cv2
-
         self.texture = cv2.resize(small, ((w + t) + 16, h + 16), interpolation=cv2.INTER_LINEAR)
         self.t, self.h, self.w = t, h, w
 
@@ -74,37 +80,30 @@ class ProceduralFrames:
         return self.texture[: self.h, i: i + self.w]
 
 
-def first_mask(h: int, w: int, k: int):
-    import numpy as np
-
+def first_mask(h: int, w: int, num_objects: int):
     m = np.zeros((h, w), np.int64)
-    for obj in range(1, k + 1):
-        y0 = h // 4 + (obj - 1) * h // (3 * k)
-        m[y0: y0 + h // (3 * k), w // 4 + obj * 10: w // 2 + obj * 10] = obj
+    for obj in range(1, num_objects + 1):
+        y0 = h // 4 + (obj - 1) * h // (3 * num_objects)
+        m[y0: y0 + h // (3 * num_objects), w // 4 + obj * 10: w // 2 + obj * 10] = obj
     return m
 
 
 def child(spec: dict) -> dict:
     """Run one configuration in this process and report its measurements."""
-    import torch
-
-    from inference.inference_core import InferenceConfig, InferenceCore
-    from model.presets import build_fusion, build_propagation
-
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     h, w = RESOLUTIONS[spec["resolution"]]
-    t, k = spec["frames"], spec["objects"]
+    t, num_objects = spec["frames"], spec["objects"]
     prop = build_propagation(spec["preset"]).eval()
     fusion = build_fusion(spec["preset"]).eval()
     frames = ProceduralFrames(t, h, w)
     cfg = InferenceConfig(top_k=50, **SETUPS[spec["setup"]])
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    core = InferenceCore(prop, fusion, frames, num_objects=k, config=cfg)
+    core = InferenceCore(prop, fusion, frames, num_objects=num_objects, config=cfg)
     propagated = 0
     if spec["kind"] == "full":
-        core.interact(first_mask(h, w, k), 0)
+        core.interact(first_mask(h, w, num_objects), 0)
         propagated = t - 1
     else:
         n = min(spec["probe_frames"], t - 2)
@@ -113,11 +112,11 @@ def child(spec: dict) -> dict:
         hh, ww = core.ph // 16, core.pw // 16
         with torch.inference_mode():
             for _ in range(bank_frames - 1):
-                key = torch.randn(k, prop.key_dim, hh, ww)
-                value = torch.randn(k, prop.value_dim, hh, ww)
+                key = torch.randn(num_objects, prop.key_dim, hh, ww)
+                value = torch.randn(num_objects, prop.value_dim, hh, ww)
                 core.permanent.add_permanent(key, value)
         core.interacted.append(start_idx - 1)  # stops the backward pass: only the tail runs
-        core.interact(first_mask(h, w, k), start_idx)
+        core.interact(first_mask(h, w, num_objects), start_idx)
         propagated = n
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -138,13 +137,13 @@ def estimate_original_gib(spec: dict) -> float:
     cannot fit on the machine."""
     h, w = RESOLUTIONS[spec["resolution"]]
     hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
-    t, k = spec["frames"], spec["objects"]
+    t, num_objects = spec["frames"], spec["objects"]
     frames = t * 3 * hp * wp * 4
-    prob = (k + 1) * t * hp * wp * 4
+    prob = (num_objects + 1) * t * hp * wp * 4
     masks = t * h * w
     hw16 = (hp // 16) * (wp // 16)
     memory_frames = 2 + (t - 1) // 5  # permanent frames at the end of a pass + the temporary one
-    affinity = k * memory_frames * hw16 * hw16 * 4
+    affinity = num_objects * memory_frames * hw16 * hw16 * 4
     return (frames + prob + masks + affinity) / 2**30
 
 
@@ -272,8 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-
-    import torch
 
     info = {"machine": machine(), "torch": torch.__version__, "preset": args.preset,
             "objects": args.objects, "threads": args.threads}

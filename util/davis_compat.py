@@ -87,6 +87,7 @@ file (NumPy floats are ``float`` subclasses) and the CSV report writing.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import sys
 import threading
@@ -196,8 +197,6 @@ class _LegacyTieBreaker(numpy.random.Generator):
 
 def _seeded_medial_axis(original):
     """``medial_axis`` with the old fixed tie-breaking unless the caller chooses one."""
-    import inspect
-
     try:
         params = inspect.signature(original).parameters
     except (TypeError, ValueError):
@@ -227,6 +226,7 @@ def _numpy_view() -> _ModuleView:
 
 
 def _networkx_view() -> _ModuleView:
+    # davisinteractive's dependency, imported only when davisinteractive is adapted
     import networkx as nx
 
     extras = {}
@@ -268,6 +268,7 @@ _REPORT_NUMERIC = ("scribble_idx", "interaction", "object_id", "frame", "jaccard
 
 def _numeric_report(df):
     """Copy of a report with its numeric columns converted from ``object`` to numbers."""
+    # davisinteractive's dependency, imported only when its report is built
     import pandas as pd
 
     df = df.copy()

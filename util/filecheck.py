@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from util.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -56,8 +58,6 @@ def check_image(path: str | os.PathLike, what: str = "image") -> ImageHeader:
         InputError: missing or empty file, not an image, or a truncated JPEG / PNG (the message
             names the file and the problem).
     """
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: {what} file not found", p)

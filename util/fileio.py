@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
+
+from util.errors import OutputPathError
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +54,6 @@ def ensure_dir(path: PathLike) -> Path:
         util.errors.OutputPathError (a ``NotADirectoryError``): ``path`` exists and is not a
         folder.
     """
-    from util.errors import OutputPathError
-
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"{p} exists and is not a folder", p)
@@ -154,8 +156,6 @@ def atomic_save_image(path: PathLike, image: Any, **save_kwargs: Any) -> Path:
         image: a ``PIL.Image.Image`` or a uint8 numpy array (H x W gray or H x W x 3 RGB).
         save_kwargs: passed on to ``PIL.Image.Image.save``.
     """
-    from PIL import Image
-
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(f"saving {path}: expected a uint8 array, got {image.dtype}")
@@ -172,6 +172,4 @@ def atomic_save_image(path: PathLike, image: Any, **save_kwargs: Any) -> Path:
 
 def atomic_torch_save(path: PathLike, obj: Any) -> Path:
     """Atomically ``torch.save`` ``obj`` (checkpoints, optimizer states)."""
-    import torch
-
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from util.errors import InputError
+from util.fileio import atomic_save_json
 
 FINGERPRINT_FILE = "fingerprint.json"
 VERSION = 1
@@ -146,8 +147,6 @@ def load_fingerprint(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 def save_fingerprint(folder: str | os.PathLike, fp: Mapping[str, Any]) -> Path:
     """Write ``folder/fingerprint.json`` atomically."""
-    from util.fileio import atomic_save_json
-
     return atomic_save_json(Path(folder) / FINGERPRINT_FILE, {**canonical(fp), "digest": digest(fp)})
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from util.fileio import atomic_save_image
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -112,7 +114,7 @@ class TensorBoardWriter:
         self.log_dir = Path(log_dir)
         self._writer = None
         if enabled:
-            try:
+            try:  # optional dependency, and slow to import: only when enabled
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:  # tensorboard is optional at run time
                 logger.warning("TensorBoard unavailable (%s); scalars go to the log only", e)
@@ -254,7 +256,5 @@ def grid_from_rows(rows: Sequence[Sequence[torch.Tensor]], pad: int = 2) -> torc
 
 def save_image_grid(path: str | os.PathLike, grid: torch.Tensor) -> None:
     """Write a 3 x H x W [0, 1] tensor as a PNG, atomically."""
-    from util.fileio import atomic_save_image
-
     arr = (grid.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5)
     atomic_save_image(path, arr.astype(np.uint8))

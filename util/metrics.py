@@ -60,6 +60,8 @@ from pathlib import Path
 import numpy as np
 
 from util.fileio import atomic_write_text
+from util.palette import read_annotation, read_mask
+from util.video_io import natural_sort_key
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ def _void_map(gt: np.ndarray, void: Sequence[int]) -> np.ndarray | None:
 
 def region_j(gt: np.ndarray, pred: np.ndarray) -> float:
     """Region similarity (IoU) of two binary masks (H x W, bool or 0/1); 1.0 when both are empty."""
+    # vos-benchmark is needed only for scoring, and slow to import: loaded on first use
     from vos_benchmark.evaluator import get_iou
 
     g = np.asarray(gt).astype(bool)
@@ -114,6 +117,7 @@ def region_j(gt: np.ndarray, pred: np.ndarray) -> float:
 
 
 def _new_evaluator(object_ids: Iterable[int], bound_th: float):
+    # vos-benchmark is needed only for scoring, and slow to import: loaded on first use
     from vos_benchmark.evaluator import Evaluator
 
     ev = Evaluator(boundary=bound_th)
@@ -339,8 +343,6 @@ def evaluate_sequence(
 
 
 def _mask_files(folder: Path) -> list[Path]:
-    from util.video_io import natural_sort_key
-
     return sorted(
         (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png"
          and not p.name.startswith(".")),
@@ -383,8 +385,6 @@ def evaluate_folder(
         FileNotFoundError: a folder or a predicted frame is missing (the path is named).
         ValueError: a prediction and its ground truth differ in size (both files named).
     """
-    from util.palette import read_annotation, read_mask
-
     if object_rule not in ("all", "davis"):
         raise ValueError(f"object_rule must be 'all' or 'davis', got {object_rule!r}")
     read_gt = read_annotation if object_rule == "davis" and not binary else read_mask

@@ -35,9 +35,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from util.errors import InputError
+from util.filecheck import check_image
 from util.fileio import atomic_save_image, atomic_write, ensure_dir
+from util.palette import DAVIS_PALETTE_RGB, write_palette_png
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +107,6 @@ def resize_shorter_side(image: np.ndarray, shorter: int) -> np.ndarray:
 
 def _read_image_rgb(path: Path) -> np.ndarray:
     """Decode one image file into H x W x 3 RGB uint8; raise FrameSourceError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             img.load()  # strict: a truncated file raises instead of returning grey rows
@@ -126,8 +127,6 @@ def _read_image_rgb(path: Path) -> np.ndarray:
 def _image_header_size(path: Path) -> tuple[int, int]:
     """(H, W) from an image header without decoding the pixels, after checking that the file
     is complete (:func:`util.filecheck.check_image`: empty, truncated JPEG / PNG)."""
-    from util.filecheck import check_image
-
     try:
         head = check_image(path, "frame")
     except InputError as exc:
@@ -179,7 +178,7 @@ class _PyAVDecoder:
     name = "pyav"
 
     def __init__(self, path: Path) -> None:
-        import av
+        import av  # optional backend (PyAV): only for video files that OpenCV cannot read
 
         self.path = path
         try:
@@ -529,8 +528,6 @@ def open_frames(source: PathLike, **kwargs: Any) -> FrameSource:
 
 
 def _palette_rgb() -> np.ndarray:
-    from util.palette import DAVIS_PALETTE_RGB
-
     return np.asarray(DAVIS_PALETTE_RGB, dtype=np.uint8).reshape(256, 3)
 
 
@@ -570,8 +567,6 @@ def save_masks(
     Returns:
         The written paths, in order.
     """
-    from util.palette import write_palette_png
-
     out = ensure_dir(out_dir)
     mask_list = list(masks)
     if len(mask_list) != len(names):
