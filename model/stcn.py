@@ -424,7 +424,13 @@ class STCNNetwork(nn.Module):
         readout = self.read(query.key, mem_key, mem_value, top_k, memory_budget)
         k = readout.shape[1]
         x = torch.cat([readout.flatten(0, 1), _repeat_rows(query.value, k)], dim=1)
-        logits = self.decoder(x, _repeat_rows(query.f8, k), _repeat_rows(query.f4, k))
+        if batch == 1:
+            # one frame: the skip branches (skip_conv on f8 / f4) run once for all objects and
+            # their sum with the upsampled object features broadcasts over the objects, as in
+            # the original; repeating f8 / f4 would run them once per object
+            logits = self.decoder(x, query.f8, query.f4)
+        else:
+            logits = self.decoder(x, _repeat_rows(query.f8, k), _repeat_rows(query.f4, k))
         return logits.view(batch, k, *logits.shape[-2:])
 
     def attention_transfer(
