@@ -49,6 +49,10 @@ REPO = Path(__file__).resolve().parent.parent
 FULL_ITERATIONS = {"s2m": 400, "prop_s0": 250, "prop_s2": 500, "fusion": 300}
 MINI_ITERATIONS = {"s2m": 2, "prop_s0": 2, "prop_s2": 2, "fusion": 2}
 ROW_KEYS = ("no_topk", "topk", "linear", "diff", "oracle")
+DEFAULT_ARCH = "stcn"
+#: the training stage of the video step after the static stage, per architecture (STCN calls
+#: its "after static images only" stage s02; MiVOS's s2 preset is the same data and recipe)
+VIDEO_STAGE = {"mivos": "s2", "stcn": "s02"}
 STEPS = ("data", "s2m", "prop_s0", "prop_s2", "fusion", "ablation", "report")
 
 
@@ -93,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interactions per sample (default: 8; --mini: 3)")
     p.add_argument("--rows", nargs="+", choices=ROW_KEYS, default=None,
                    help="ablation rows (default: all; --mini: diff oracle)")
+    p.add_argument("--arch", choices=["mivos", "stcn"], default=DEFAULT_ARCH,
+                   help="propagation architecture trained and evaluated. stcn (the default): "
+                        "the MiVOS-STCN network, whose memory and query keys come from one "
+                        "shared key encoder, so a pixel matches itself from the first step and "
+                        "the lite network learns in the CPU budget; mivos: the paper's STM-style "
+                        "network. Either way the ablation rows run the MiVOS protocol (S2M, "
+                        "top-k, fusion modes, perfect interaction)")
     p.add_argument("--device", default="cpu", help="device of training and evaluation")
     p.add_argument("--restart", action="store_true",
                    help="delete the earlier run in --output (needed when it was made with other "
@@ -148,6 +159,7 @@ def settings(args) -> dict:
 
     return {
         "mini": mini,
+        "arch": args.arch,
         "iterations": iterations,
         "train_preset": "tiny" if mini else "train-quarter",
         "static_count": 8 if mini else 200,
@@ -251,7 +263,7 @@ def step_ablation(cfg: dict, paths: Paths, args) -> None:
     argv = ["--davis", str(paths.val), "--output", str(paths.ablation), "--preset", "lite",
             "--s2m-model", str(paths.s2m), "--prop-model", str(paths.prop_s2),
             "--fusion-model", str(paths.fusion), "--rows", *cfg["rows"], "--",
-            "--device", args.device, "--max-interactions", str(cfg["max_interactions"]),
+            "--arch", cfg["arch"], "--device", args.device, "--max-interactions", str(cfg["max_interactions"]),
             "--save-masks"]
     rc = ablation.main(argv)
     if rc != 0:
@@ -360,7 +372,11 @@ def write_report(cfg: dict, paths: Paths, timings: dict, results: dict, floor: f
     from util.fileio import atomic_write_text
 
     lines = ["# MiVOS quickstart report", "",
-             f"Mode: {'mini (CI)' if cfg['mini'] else 'full'}; lite networks trained on "
+             f"Mode: {'mini (CI)' if cfg['mini'] else 'full'}; propagation architecture "
+             f"`{cfg['arch']}`"
+             + (" (the MiVOS-STCN network: shared key encoder, L2 affinity; every ablation row "
+                "runs the MiVOS protocol)" if cfg["arch"] == "stcn" else "")
+             + "; lite networks trained on "
              f"synthetic `{cfg['train_preset']}` data; iterations "
              + ", ".join(f"{k} {v}" for k, v in cfg["iterations"].items()) + ".",
              f"Validation: {cfg['val_sequences']} synthetic sequences of "
@@ -440,7 +456,10 @@ def _main(args) -> int:
     it = cfg["iterations"]
 
     def train_dir(final: Path) -> list[str]:
-        return ["--output", str(final.parent)]
+        # the run's own file names, whatever the trainer's default for the architecture
+        return ["--output", str(final.parent), "--name", final.name[: -len("_final.pth")]]
+
+    arch = ["--arch", cfg["arch"]]
 
     def save_every(n: int) -> list[str]:
         return ["--save-interval", str(max(1, min(100, n)))]
@@ -454,21 +473,22 @@ def _main(args) -> int:
         ("prop_s0", paths.prop_s0.is_file,
          lambda: run_trainer("train_prop", common + train_dir(paths.prop_s0)
                              + save_every(it["prop_s0"])
-                             + ["--stage", "s0", "--iterations", str(it["prop_s0"]),
-                                "--lr", str(args.prop_lr)],
+                             + arch + ["--stage", "s0", "--iterations", str(it["prop_s0"]),
+                                       "--lr", str(args.prop_lr)],
                              paths.prop_s0)),
         ("prop_s2", paths.prop_s2.is_file,
          lambda: run_trainer("train_prop", common + train_dir(paths.prop_s2)
                              + save_every(it["prop_s2"])
-                             + ["--stage", "s2", "--iterations", str(it["prop_s2"]),
-                                "--lr", str(args.prop_lr), "--load", str(paths.prop_s0)],
+                             + arch + ["--stage", VIDEO_STAGE[cfg["arch"]],
+                                       "--iterations", str(it["prop_s2"]),
+                                       "--lr", str(args.prop_lr), "--load", str(paths.prop_s0)],
                              paths.prop_s2)),
         # fusion: constant LR (no --lr-steps): at this length the recipe's step, scaled to
         # two thirds of the run, would leave most of the iterations at a tenth of the LR
         ("fusion", paths.fusion.is_file,
          lambda: run_trainer("train_fusion", common + train_dir(paths.fusion)
                              + save_every(it["fusion"])
-                             + ["--iterations", str(it["fusion"]), "--lr-steps",
+                             + arch + ["--iterations", str(it["fusion"]), "--lr-steps",
                                 "--prop-model", str(paths.prop_s2)] + cfg["generate"],
                              paths.fusion)),
         ("ablation", lambda: ablation_done(cfg, paths),

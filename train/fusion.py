@@ -147,14 +147,14 @@ def synthetic_fusion_data(cfg: FusionTrainConfig, info: DistInfo, device: torch.
     """Synthetic videos + their fusion data from ``--prop-model`` (cached per model file)."""
     videos = synthetic_video_root(cfg.synthetic_root(), cfg.synthetic_preset, cfg.seed, info)
     model = Path(cfg.prop_model)
-    tag = (f"{model.stem}-{file_sha1(model)[:10]}-s{cfg.generate_separation}"
+    tag = (f"{model.stem}-{file_sha1(model)[:10]}-{cfg.arch}-s{cfg.generate_separation}"
            f"-r{cfg.generate_range if cfg.generate_range is not None else 'all'}")
     run = cfg.synthetic_root() / "fusion" / cfg.synthetic_preset / tag
 
     def make() -> None:
         generate_fusion_data(videos, model, run, preset=cfg.preset,
                              separation=cfg.generate_separation, range_=cfg.generate_range,
-                             max_videos=cfg.generate_max_videos,
+                             max_videos=cfg.generate_max_videos, arch=cfg.arch,
                              device=str(device),
                              progress=cfg.progress)
 
@@ -170,12 +170,6 @@ def build_dataset(cfg: FusionTrainConfig, info: DistInfo, device: torch.device) 
             video_root = synthetic_video_root(cfg.synthetic_root(), cfg.synthetic_preset,
                                               cfg.seed, info)
             fusion_root = Path(cfg.fusion_root)
-        elif cfg.arch == "stcn":
-            raise ConfigError(
-                "--arch stcn --data synthetic needs --fusion-root DIR: the fusion data "
-                "generator does not run STCN networks yet; make the data with python -m "
-                "dataset.generate_fusion (e.g. from a MiVOS propagation model) for the "
-                f"synthetic videos under {cfg.synthetic_root() / cfg.synthetic_preset}")
         else:
             video_root, fusion_root = synthetic_fusion_data(cfg, info, device)
         subset = video_root / "ImageSets" / "2017" / "train.txt"
