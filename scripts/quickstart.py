@@ -86,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="training batch size (default: the lite preset's 8; --mini: 2)")
     p.add_argument("--val-sequences", type=int, default=None,
-                   help="validation sequences (default: 4; --mini: 2)")
+                   help="validation sequences (default: 10, many short ones so that the "
+                        "intervals between rows are tighter; --mini: 2)")
     p.add_argument("--val-frames", type=int, default=None,
-                   help="frames per validation sequence (default: 24; --mini: 6-8)")
+                   help="frames per validation sequence (default: 16; --mini: 6-8)")
     p.add_argument("--val-height", type=int, default=None,
                    help="default 120 (the training videos' size, a quarter of DAVIS 480p, as "
                         "the lite crop of 96 is a quarter of the recipe's 384); --mini: 48")
@@ -167,8 +168,8 @@ def settings(args) -> dict:
         "crop_size": pick(args.crop_size, 96, 64),
         "batch_size": pick(args.batch_size, None, 2),
         "num_workers": pick(args.num_workers, 2, 0),
-        "val_sequences": pick(args.val_sequences, 4, 2),
-        "val_frames": pick(args.val_frames, 24, 6),
+        "val_sequences": pick(args.val_sequences, 10, 2),
+        "val_frames": pick(args.val_frames, 16, 6),
         "val_height": pick(args.val_height, 120, 48),
         "val_width": pick(args.val_width, 216, 64),
         "max_interactions": pick(args.max_interactions, 8, 3),
