@@ -101,6 +101,7 @@ from dataset.eval_datasets import (
 from inference.semi_vos import SemiVOSConfig, SemiVOSPropagator
 from model.checkpoint import load_weights
 from model.presets import DEFAULT_ARCH, build_propagation
+from util.device import resolve_device
 from util.cli import add_config_arguments, config_from_args, given
 from util.errors import InputError, error_line, require_output_dir
 from util.fileio import atomic_save_json
@@ -546,19 +547,6 @@ def dist_env() -> tuple[int, int, int] | None:
     return rank, world, local
 
 
-def pick_device(requested: str | None, local_rank: int | None):
-    """The compute device: --device, else cuda if available, else cpu (cuda:LOCAL_RANK under torchrun)."""
-    name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank or 0)
-        torch.cuda.set_device(dev)
-    return dev
-
-
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
@@ -813,7 +801,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        device = pick_device(args.device, local_rank)
+        device = resolve_device(args.device, local_rank or 0)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

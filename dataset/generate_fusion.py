@@ -41,8 +41,19 @@ import cv2
 import numpy as np
 import torch
 
+from tqdm import tqdm
+
 from dataset.common import MissingFileError, read_image, read_label_mask
 from dataset.vos_dataset import VideoEntry, _image_path, list_videos
+from inference.arch import defaults_for
+from inference.inference_core import InferenceConfig, InferenceCore
+from model.aggregate import aggregate
+from model.checkpoint import load_propagation_weights
+from model.presets import build_propagation
+from util.device import resolve_device
+from util.errors import InputError, error_line, require_output_dir
+from util.filecheck import prescan
+from util.fileio import atomic_save_json, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +120,6 @@ def reference_objects(labels: np.ndarray, min_pixels: int, max_objects: int,
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
-    from util.fileio import atomic_write_bytes
 
     ok, buf = cv2.imencode(".png", arr)
     if not ok:
@@ -121,8 +131,6 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 def generate_video(net: torch.nn.Module, video: VideoEntry, out_dir: Path,
                    settings: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Propagate from every reference frame of one video; returns its ``done.json`` record."""
-    from inference.inference_core import InferenceConfig, InferenceCore
-    from model.aggregate import aggregate
 
     n = len(video.frames)
     sep, rng_ = int(settings["separation"]), settings["range"]
@@ -177,11 +185,6 @@ def generate_fusion_data(data_root: str | os.PathLike, prop_model: str | os.Path
             the root has one (DAVIS: train split only), else all videos; None = all videos.
         range_: None = whole video, else r +- range_ frames.
     """
-    from inference.arch import defaults_for
-    from model.checkpoint import load_propagation_weights
-    from model.presets import build_propagation
-    from util.fileio import atomic_save_json
-    from util.trainer import resolve_device
 
     if top_k == "arch":
         top_k = defaults_for(arch).top_k
@@ -200,8 +203,6 @@ def generate_fusion_data(data_root: str | os.PathLike, prop_model: str | os.Path
     if not model_path.is_file():
         raise MissingFileError(f"{model_path}: propagation model not found (--prop-model)",
                                model_path)
-    from util.errors import require_output_dir
-    from util.filecheck import prescan
 
     require_output_dir(output)
     # every frame and annotation, checked once before any work (names the first bad file)
@@ -232,7 +233,6 @@ def generate_fusion_data(data_root: str | os.PathLike, prop_model: str | os.Path
     done, skipped = [], []
     bar = None
     if progress:
-        from tqdm import tqdm
 
         bar = tqdm(total=len(videos), desc="fusion data", unit="video")
     try:
@@ -308,7 +308,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0 = success, 2 = bad input)."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from util.errors import InputError, error_line
 
     subset = None if args.subset == "all" else args.subset
     if args.num_threads is not None:

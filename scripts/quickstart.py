@@ -263,8 +263,8 @@ def step_ablation(cfg: dict, paths: Paths, args) -> None:
     torch.set_num_threads(args.num_threads)
     argv = ["--davis", str(paths.val), "--output", str(paths.ablation), "--preset", "lite",
             "--s2m-model", str(paths.s2m), "--prop-model", str(paths.prop_s2),
-            "--fusion-model", str(paths.fusion), "--rows", *cfg["rows"], "--",
-            "--arch", cfg["arch"], "--device", args.device, "--max-interactions", str(cfg["max_interactions"]),
+            "--fusion-model", str(paths.fusion), "--arch", cfg["arch"], "--rows", *cfg["rows"],
+            "--", "--device", args.device, "--max-interactions", str(cfg["max_interactions"]),
             "--save-masks"]
     rc = ablation.main(argv)
     if rc != 0:
