@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="DAVIS-layout folder (JPEGImages/480p, Annotations/480p)")
     p.add_argument("--sequences", type=int, default=0, help="first N sequences (0 = all)")
     p.add_argument("--preset", default="lite", choices=["mivos", "lite"])
+    p.add_argument("--arch", default="mivos", choices=["mivos", "stcn"], help="propagation architecture")
     p.add_argument("--prop-model", help="propagation weights")
     p.add_argument("--fusion-model", help="fusion weights")
     p.add_argument("--random-weights", action="store_true", help="random networks (most pixels are then near-ties)")
@@ -61,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_sequence(prop, fusion, frames, gt, k, overrides) -> np.ndarray:
-    core = InferenceCore(prop, fusion, frames, k, InferenceConfig(**overrides))
+def run_sequence(prop, fusion, frames, gt, k, overrides, arch) -> np.ndarray:
+    config = replace(InferenceConfig.for_arch(arch), **overrides)
+    core = InferenceCore(prop, fusion, frames, k, config)
     core.interact(gt[0].astype(np.int64), 0)
     core.interact(gt[-1].astype(np.int64), len(gt) - 1)
     return core.masks.copy()
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    prop, fusion = build_propagation(args.preset).eval(), build_fusion(args.preset).eval()
+    prop = build_propagation(args.preset, arch=args.arch).eval()
+    fusion = build_fusion(args.preset).eval()
     if not args.random_weights:
         if not (args.prop_model and args.fusion_model):
             raise SystemExit("error: give --prop-model and --fusion-model, or --random-weights")
@@ -93,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         k = int(gt.max())
         if k == 0:
             continue
-        base = run_sequence(prop, fusion, frames, gt, k, {})
+        base = run_sequence(prop, fusion, frames, gt, k, {}, args.arch)
         pixels += base.size
         for name, (overrides, lazy) in OPTIONS.items():
             source = FrameSource(folder, cache_size=4) if lazy else frames
-            masks = run_sequence(prop, fusion, source, gt, k, overrides)
+            masks = run_sequence(prop, fusion, source, gt, k, overrides, args.arch)
             d = masks != base
             diff[name] += int(d.sum())
             worst[name] = max(worst[name], int(d.reshape(len(d), -1).sum(1).max()))
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"option": name, "pixels_differing": diff[name], "share": diff[name] / max(1, pixels),
              "worst_frame_pixels": worst[name]} for name in OPTIONS]
     result = {"root": str(root), "sequences": len(seqs), "pixels": pixels, "preset": args.preset,
+              "arch": args.arch,
               "weights": "random" if args.random_weights else [args.prop_model, args.fusion_model],
               "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     lines = ["| option | pixels that differ from the default run | share | most in one frame |",
