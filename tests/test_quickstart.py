@@ -108,7 +108,8 @@ def test_quickstart_settings_scale_and_overrides():
     assert cfg["iterations"]["fusion"] == 7
     assert cfg["rows"] == list(quickstart.ROW_KEYS) and cfg["max_interactions"] == 8
     specs = quickstart.val_specs(cfg)
-    assert 4 <= len(specs) <= 6 and all(s.subset == "val" for s in specs)
+    assert len(specs) == 10 and all(s.subset == "val" and s.num_frames == 16 for s in specs)
+    assert cfg["arch"] == "stcn"
     assert {s.num_objects for s in specs} <= {1, 2, 3}
     assert {s.num_scribbles for s in specs} <= {1, 2}
     mini = quickstart.settings(quickstart.build_parser().parse_args(["--mini"]))
