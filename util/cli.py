@@ -7,11 +7,11 @@ are walked, their options written ``<field>.<name>`` in the namespace), and
 instance (e.g. the defaults of an architecture), taking only the options actually given.
 
 The metadata keys are those of :func:`util.config.opt` (``help``, ``choices``, ``metavar``,
-``flag``, ``cli``), so that both generators read the same field descriptions. The trainers'
-generator (:func:`util.config.build_parser`) is not reused: it is built around stage presets
-(``STAGES``, ``for_stage``, ``lite``) and has no per-field parser, option aliases or
-``default_factory``, which the evaluation configs need (``--top-k none``, ``--restart`` /
-``--no-resume``, a nested :class:`inference.inference_core.InferenceConfig`).
+``flag``, ``cli``) plus per-field parsers, aliases and actions, and :func:`field_option` turns
+one field into its option for both generators: this module's, for the evaluation configs (a
+nested :class:`inference.inference_core.InferenceConfig`, options laid over a base instance),
+and the trainers' :func:`util.config.build_parser`, which adds the stage presets' defaults to
+the help texts.
 
 This module is dependency-free (standard library only).
 """
@@ -25,7 +25,8 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["add_config_arguments", "cli_field", "config_from_args", "given", "dest_of"]
+__all__ = ["add_config_arguments", "cli_field", "config_from_args", "given", "dest_of",
+           "field_option", "split_optional"]
 
 _MISSING = dataclasses.MISSING
 
@@ -71,7 +72,7 @@ def given(args: argparse.Namespace, dest: str, default: Any = None) -> Any:
     return getattr(args, dest, default)
 
 
-def _split_optional(tp: Any) -> tuple[Any, bool]:
+def split_optional(tp: Any) -> tuple[Any, bool]:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
@@ -80,8 +81,9 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def _parse_optional(conv: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``conv``, with ``none`` / ``null`` / an empty text meaning None."""
     def parse(text: str) -> Any:
-        return None if text.strip().lower() in ("none", "null") else conv(text)
+        return None if text.strip().lower() in ("none", "null", "") else conv(text)
 
     parse.__name__ = getattr(conv, "__name__", "value")
     return parse
@@ -100,7 +102,7 @@ def _show(value: Any) -> str:
 
 
 def _nested(f: dataclasses.Field, hints: Mapping[str, Any]) -> type | None:
-    tp, _ = _split_optional(hints[f.name])
+    tp, _ = split_optional(hints[f.name])
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
@@ -134,8 +136,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
             if title not in groups:
                 groups[title] = parser.add_argument_group(title)
             target = groups[title]
-        flag = meta.get("flag") or f"--{f.name.replace('_', '-')}"
-        base, optional = _split_optional(hints[f.name])
         required = f.default is _MISSING and f.default_factory is _MISSING
         if meta.get("default_text") is not None:
             shown = meta["default_text"]
@@ -146,27 +146,44 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
         text = meta.get("help", "")
         if shown is not None and not required:
             text = f"{text} (default: {shown})" if text else f"default: {shown}"
-        kw: dict[str, Any] = {"dest": dest_of(f.name, prefix), "help": text,
-                              "default": argparse.SUPPRESS}
+        names, kw = field_option(f, hints[f.name], dest=dest_of(f.name, prefix), help_text=text)
         if required:
             kw["required"] = True
-        if meta.get("metavar"):
-            kw["metavar"] = meta["metavar"]
-        names = [flag, *meta.get("aliases", ())]
-        if base is bool:
-            action = meta.get("action")
-            if action in ("store_true", "store_false"):
-                target.add_argument(*names, action=action, **kw)
-            else:
-                target.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        if meta.get("choices"):
-            kw["choices"] = list(meta["choices"])
-        parse = meta.get("parse")
-        if parse is None:
-            parse = _parse_optional(base) if optional else base
-        kw["type"] = parse
         target.add_argument(*names, **kw)
+
+
+def field_option(f: dataclasses.Field, tp: Any, *, dest: str, help_text: str
+                 ) -> tuple[list[str], dict[str, Any]]:
+    """The option names and ``add_argument`` keywords of one dataclass field: the one rule of
+    both generators (this module's for the evaluation configs, :func:`util.config.build_parser`
+    for the trainers'). The default is ``argparse.SUPPRESS``: a parsed namespace holds only the
+    options given.
+
+    Bool fields are ``--x / --no-x`` (or ``store_true`` / ``store_false`` with the metadata's
+    ``action``); ``tuple[T, ...]`` fields take any number of values; ``X | None`` fields also
+    accept ``none``; the metadata's ``parse`` replaces the type's conversion.
+    """
+    meta = f.metadata
+    names = [meta.get("flag") or f"--{f.name.replace('_', '-')}", *meta.get("aliases", ())]
+    base, optional = split_optional(tp)
+    kw: dict[str, Any] = {"dest": dest, "help": help_text, "default": argparse.SUPPRESS}
+    if meta.get("metavar"):
+        kw["metavar"] = meta["metavar"]
+    if base is bool:
+        action = meta.get("action")
+        kw["action"] = action if action in ("store_true", "store_false") \
+            else argparse.BooleanOptionalAction
+        return names, kw
+    if meta.get("choices"):
+        kw["choices"] = list(meta["choices"])
+    parse = meta.get("parse")
+    if parse is None and typing.get_origin(base) is tuple:
+        kw["nargs"] = "*"
+        parse = typing.get_args(base)[0]
+    elif parse is None:
+        parse = _parse_optional(base) if optional else base
+    kw["type"] = parse
+    return names, kw
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any = None, *,

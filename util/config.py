@@ -29,13 +29,13 @@ import argparse
 import json
 import logging
 import os
-import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from util.cli import field_option, split_optional
 from util.fileio import atomic_save_json
 
 logger = logging.getLogger(__name__)
@@ -143,18 +143,9 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _split_optional(tp: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
 def _coerce(name: str, tp: Any, value: Any) -> Any:
     """Convert a JSON value to the field type ``tp`` (lists -> tuples, ints -> floats)."""
-    base, optional = _split_optional(tp)
+    base, optional = split_optional(tp)
     if value is None:
         if optional:
             return None
@@ -232,16 +223,6 @@ def load_config_file(cls: type[C], path: str | os.PathLike) -> C:
 # ============================================================================ command line
 
 
-def _parse_none(conv: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        if text.lower() in ("none", "null", ""):
-            return None
-        return conv(text)
-
-    parse.__name__ = getattr(conv, "__name__", "value")
-    return parse
-
-
 def _format_default(v: Any) -> str:
     if isinstance(v, tuple):
         return " ".join(_format_default(x) for x in v) if v else "(empty)"
@@ -295,29 +276,13 @@ def build_parser(cls: type[StagedConfig], prog: str | None = None,
         formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
     hints = _hints(cls)
     for f in fields(cls):
-        meta = f.metadata
-        if not meta.get("cli", True):
+        if not f.metadata.get("cli", True):
             continue
-        flag = meta.get("flag") or f"--{_flag_name(f.name)}"
-        base, optional = _split_optional(hints[f.name])
-        help_text = f"{meta.get('help', '')} ({_default_text(cls, f.name)})"
-        kw: dict[str, Any] = {"dest": f.name, "help": help_text}
+        help_text = f"{f.metadata.get('help', '')} ({_default_text(cls, f.name)})"
+        names, kw = field_option(f, hints[f.name], dest=f.name, help_text=help_text)
         if f.name == "stage":
             kw["choices"] = list(cls.STAGES)
-        elif meta.get("choices"):
-            kw["choices"] = list(meta["choices"])
-        if meta.get("metavar"):
-            kw["metavar"] = meta["metavar"]
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        if typing.get_origin(base) is tuple:
-            elem = typing.get_args(base)[0]
-            kw["nargs"] = "*"
-            kw["type"] = elem
-        else:
-            kw["type"] = _parse_none(base) if optional else base
-        parser.add_argument(flag, **kw)
+        parser.add_argument(*names, **kw)
     return parser
 
 
