@@ -77,7 +77,7 @@ import torch
 
 from inference.inference_core import InferenceConfig, InferenceCore
 from model.presets import PROPAGATION_ARCHS, build_fusion, build_propagation, build_s2m
-from util.amp import autocast
+from util.amp import autocast, long_amp_name
 from util.tensor_util import pad_divide_by
 
 ROOT = Path(__file__).resolve().parent
@@ -102,7 +102,8 @@ MODULE_TITLES = {
     "e2e_propagation": "InferenceCore pass, no fusion",
     "e2e_propagation_fusion": "InferenceCore pass with fusion",
 }
-AMP_DTYPES = {"amp-bf16": "bfloat16", "amp-fp16": "float16"}
+#: the benchmark's precision names -> the canonical AMP names of util.amp
+AMP_PRECISIONS = {"amp-bf16": "bf16", "amp-fp16": "fp16"}
 
 
 # ------------------------------------------------------------------------------ baselines
@@ -294,7 +295,7 @@ def run_rounds(fns: dict[str, Callable[[], object]], meter: Meter, warmup: int, 
 
 
 def _autocast(device, precision: str):
-    return autocast(device, None if precision == "fp32" else AMP_DTYPES[precision])
+    return autocast(device, AMP_PRECISIONS.get(precision))
 
 
 def _wrap(fn: Callable[[], object], device, precision: str) -> Callable[[], object]:
@@ -463,7 +464,7 @@ def _label_map(h: int, w: int, k: int, shift: int = 0):
 
 def _e2e_once(prop, fusion, frames, k: int, precision: str, top_k: int, meter: Meter):
     n, h, w = frames.shape[:3]
-    cfg = InferenceConfig(top_k=top_k, fusion="diff", amp=AMP_DTYPES.get(precision))
+    cfg = InferenceConfig(top_k=top_k, fusion="diff", amp=long_amp_name(AMP_PRECISIONS.get(precision)))
     core = InferenceCore(prop, fusion, frames, num_objects=k, config=cfg, device=meter.device)
     ms_fwd, mem_fwd = meter(lambda: core.interact(_label_map(h, w, k), 0))
     ms_bwd, mem_bwd = meter(lambda: core.interact(_label_map(h, w, k, shift=w // 16), n - 1))

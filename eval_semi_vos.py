@@ -101,6 +101,7 @@ from dataset.eval_datasets import (
 from inference.semi_vos import SemiVOSConfig, SemiVOSPropagator
 from model.checkpoint import load_weights
 from model.presets import DEFAULT_ARCH, build_propagation
+from util.amp import long_amp_name
 from util.device import resolve_device
 from util.cli import add_config_arguments, config_from_args, given
 from util.errors import InputError, error_line, require_output_dir
@@ -124,7 +125,6 @@ log = logging.getLogger("eval_semi_vos")
 DATASETS = ("davis2016", "davis2017", "youtube2018", "youtube2019", "generic")
 DEFAULT_SIZE = {"davis2016": -1, "davis2017": -1, "youtube2018": 480, "youtube2019": 480,
                 "generic": -1}
-AMP_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
 DONE_DIR = ".done"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -736,7 +736,7 @@ def _finalize(args: argparse.Namespace, dataset: Any, names: list[str], out_root
         run_info = {
             "options": options,
             "resolved": {"size": size, "device": str(device), "world_size": world,
-                         "amp_dtype": AMP_NAMES.get(semi.amp)},
+                         "amp_dtype": long_amp_name(semi.amp)},
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "host": platform.node(),
                             "gpu": (torch.cuda.get_device_name(device)

@@ -92,10 +92,11 @@ def _settings(args: argparse.Namespace):
 
     from gui.controller import SessionSettings
     from inference.arch import defaults_for
+    from util.amp import long_amp_name
 
     arch = defaults_for(args.arch)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    amp = {"bf16": "bfloat16", "fp16": "float16", None: None}[args.amp]
+    amp = long_amp_name(args.amp)
     return SessionSettings(
         arch=args.arch, preset=args.preset, s2m_model=args.s2m_model,
         prop_model=args.prop_model or f"saves/{arch.prop_model}",

@@ -58,6 +58,7 @@ from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
 from model.presets import PROPAGATION_ARCHS, check_arch
 from util.amp import canonical_amp
+from util.amp import long_amp_name as amp_long_name
 from util.cli import cli_field
 from util.config import parse_top_k
 from util.tensor_util import pad_divide_by, unpad
@@ -84,10 +85,9 @@ def positive_int(text: str) -> int:
 def long_amp_name(text: str) -> str:
     """``bf16`` / ``fp16`` -> ``"bfloat16"`` / ``"float16"`` (the spelling the interactive
     evaluation records in its configuration and fingerprint)."""
-    names = {"bf16": "bfloat16", "fp16": "float16"}
-    if text not in names:
+    if text not in ("bf16", "fp16"):
         raise argparse.ArgumentTypeError(f"--amp must be bf16 or fp16, got {text!r}")
-    return names[text]
+    return amp_long_name(text)
 
 
 @dataclass

@@ -90,3 +90,15 @@ def test_inference_configs_accept_both_spellings():
         InferenceConfig(amp="int8").validate()
     with pytest.raises(ValueError, match="amp must be"):
         SemiVOSConfig(amp="int8").validate()
+
+
+def test_long_amp_name_is_the_one_table_of_long_spellings():
+    from util.amp import long_amp_name
+
+    assert long_amp_name(None) is None and long_amp_name("none") is None
+    for spelling in ("bf16", "bfloat16"):
+        assert long_amp_name(spelling) == "bfloat16"
+    for spelling in ("fp16", "float16"):
+        assert long_amp_name(spelling) == "float16"
+    with pytest.raises(ValueError):
+        long_amp_name("fp8")

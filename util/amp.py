@@ -56,6 +56,18 @@ def canonical_amp(amp: str | None) -> str | None:
     return _CANONICAL[amp]
 
 
+#: canonical name -> the long spelling that configurations and fingerprints record
+_LONG = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def long_amp_name(amp: str | None) -> str | None:
+    """``"bfloat16"`` / ``"float16"`` / None for any accepted spelling of ``amp``: the spelling
+    ``InferenceConfig.amp`` and the evaluations' run fingerprints record (kept so that earlier
+    runs resume)."""
+    name = canonical_amp(amp)
+    return None if name is None else _LONG[name]
+
+
 def amp_dtype(amp: str | None) -> torch.dtype | None:
     """The autocast dtype of ``amp`` (None for float32)."""
     name = canonical_amp(amp)
