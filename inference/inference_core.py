@@ -58,7 +58,7 @@ from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
 from model.presets import PROPAGATION_ARCHS, check_arch
 from util.amp import canonical_amp
-from util.amp import long_amp_name as amp_long_name
+from util.amp import long_amp_name as _long_amp_name
 from util.cli import cli_field
 from util.config import parse_top_k
 from util.tensor_util import pad_divide_by, unpad
@@ -87,7 +87,7 @@ def long_amp_name(text: str) -> str:
     evaluation records in its configuration and fingerprint)."""
     if text not in ("bf16", "fp16"):
         raise argparse.ArgumentTypeError(f"--amp must be bf16 or fp16, got {text!r}")
-    return amp_long_name(text)
+    return _long_amp_name(text)
 
 
 @dataclass

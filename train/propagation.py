@@ -340,6 +340,14 @@ def repeat_query(q: QueryFeatures, n: int) -> QueryFeatures:
                                                                  q.value)))
 
 
+def clip_batch(frames: torch.Tensor) -> int:
+    """The batch size of B x 3 x 3 x H x W training clips (both training forwards take three
+    frames per clip)."""
+    if frames.shape[1] != 3:
+        raise ValueError(f"expected 3 frames per clip, got {frames.shape[1]}")
+    return frames.shape[0]
+
+
 @dataclass
 class PropagationOutput:
     """Aggregation logits (B x C x H x W, C = 2 single-object / 3 with two slots) and
@@ -380,9 +388,7 @@ class PropagationTrainWrapper(nn.Module):
         [0, 1] (only frame 0 is used as input); sec_gt: B x 3 x 1 x H x W second object
         (multi-object networks; None = no second object); selector: B x 2 ([1, 1] or [1, 0]).
         """
-        b, t = frames.shape[:2]
-        if t != 3:
-            raise ValueError(f"expected 3 frames per clip, got {t}")
+        b = clip_batch(frames)
         single = self.net.single_object
         # one query encoder pass over frames 1 and 2 of every clip
         q = self.net.encode_query(frames[:, 1:].flatten(0, 1))  # (B*2) x ...
@@ -469,13 +475,8 @@ class STCNTrainWrapper(PropagationTrainWrapper):
 
     def forward(self, frames: torch.Tensor, gt: torch.Tensor, sec_gt: torch.Tensor | None = None,
                 selector: torch.Tensor | None = None) -> PropagationOutput:
-        """frames: B x 3 x 3 x H x W normalised; gt: B x 3 x 1 x H x W target-object masks in
-        [0, 1] (only frame 0 is used as input); sec_gt: B x 3 x 1 x H x W second object
-        (multi-object networks; None = no second object); selector: B x 2 ([1, 1] or [1, 0]).
-        """
-        b, t = frames.shape[:2]
-        if t != 3:
-            raise ValueError(f"expected 3 frames per clip, got {t}")
+        """The inputs of :meth:`PropagationTrainWrapper.forward`."""
+        b = clip_batch(frames)
         net = self.net
         feats = net.encode_key(frames.flatten(0, 1))  # (B*3) x ...
         f0, f1, f2 = (feats.map(lambda x, i=i: x.view(b, 3, *x.shape[1:])[:, i])
