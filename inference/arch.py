@@ -2,7 +2,7 @@
 
 The engine (:class:`inference.engine.PropagationEngine`) runs every schedule through an
 adapter, so that the interactive core, the semi-supervised driver and the engine hold no
-architecture branches. An adapter answers four calls (B = 1 frame, K = objects):
+architecture branches. An adapter answers five calls (B = 1 frame, K = objects):
 
 * ``encode_query(image)``: the frame's query features (cached by the engine);
 * ``encode_memory(image, masks, others, features)``: memory key and values of one frame,
@@ -10,6 +10,10 @@ architecture branches. An adapter answers four calls (B = 1 frame, K = objects):
   frame's (cached) query features. Returns ``(key, values)``: values K x CV x h x w; the key is
   K x CK x h x w when keys are per object (``shared_key`` False) or 1 x CK x h x w when one key
   serves all objects (``shared_key`` True);
+* ``decoder_features(query)``: the query features holding the decoder's skip-branch outputs
+  (they depend only on the frame: computed once, then every pass that decodes the frame again
+  reuses them from the engine's cache), or ``query`` itself when it already holds them or the
+  network cannot split its decoder (a network without ``with_decoder_skips``);
 * ``segment(query, mem_key, mem_value, top_k, **options)``: logits K x Hp x Wp from a memory
   bank's :meth:`~inference.memory_bank.MemoryBank.read_tensors`;
 * ``attention(ref_key, query, diff, **options)``: the differences ``diff`` (K x C x Hp x Wp)
@@ -108,15 +112,27 @@ def arch_of(net: torch.nn.Module) -> str:
     return check_arch(getattr(net, "arch", DEFAULT_ARCH))
 
 
-class MivosAdapter:
+class _Adapter:
+    """What both adapters share: the network and the decoder's skip branches."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+        self._with_skips = getattr(net, "with_decoder_skips", None)
+
+    def decoder_features(self, query: Any) -> Any:
+        """``query`` with the decoder's skip outputs (computed here once per frame), or
+        ``query`` itself (already there, or a network without ``with_decoder_skips``)."""
+        if self._with_skips is None or getattr(query, "skips", None) is not None:
+            return query
+        return self._with_skips(query)
+
+
+class MivosAdapter(_Adapter):
     """:class:`model.propagation.PropagationNetwork` (or a network with its interface)."""
 
     arch: ClassVar[str] = "mivos"
     #: one key per object and frame
     shared_key: ClassVar[bool] = False
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        self.net = net
 
     def encode_query(self, image: torch.Tensor) -> Any:
         return self.net.encode_query(image)
@@ -138,15 +154,12 @@ class MivosAdapter:
         return self.net.attention_transfer(ref_key, query.key, diff, **options)
 
 
-class StcnAdapter:
+class StcnAdapter(_Adapter):
     """:class:`model.stcn.STCNNetwork`: one key per frame for all objects, values per object."""
 
     arch: ClassVar[str] = "stcn"
     #: one key per frame, shared by every object
     shared_key: ClassVar[bool] = True
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        self.net = net
 
     def encode_query(self, image: torch.Tensor) -> Any:
         """The key encoder's outputs (key, key_comp value, f16, f8, f4)."""

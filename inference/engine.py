@@ -9,7 +9,12 @@ drive one :class:`PropagationEngine` per video. The engine owns
   in [0, 1]) becomes a padded, ImageNet-normalised ``1 x 3 x Hp x Wp`` tensor on the compute
   device (:meth:`PropagationEngine.prepare`), kept in a bounded cache (``image_cache`` frames);
 * the **query-feature cache** (up to ``feature_cache_mb``; the most recent frame's features are
-  always kept, so that memorising the frame just segmented never encodes it again);
+  always kept, so that memorising the frame just segmented never encodes it again). Once a
+  frame is segmented, its entry holds the decoder's skip-branch outputs in place of the f8 / f4
+  features they are computed from (:meth:`PropagationEngine.decoder_features`): they depend only
+  on the frame, so every later pass over it (fusion passes, later interactions, several memory
+  banks of one frame) decodes without running them again. The cache counts the bytes of what it
+  holds, skip outputs included;
 * **autocast** (:func:`util.amp.autocast`; memory keys / values and probabilities leave the
   networks in float32);
 * **memory encoding** with the "others" mask (:func:`model.propagation.others_masks`: each
@@ -126,9 +131,14 @@ def frame_sequence(images: Any) -> tuple[Sequence, int, int, int]:
 
 
 def _nbytes(features: Any) -> int:
-    """Bytes held by the tensors of a features object (e.g. QueryFeatures)."""
-    return sum(v.numel() * v.element_size() for v in vars(features).values()
-               if isinstance(v, torch.Tensor))
+    """Bytes held by the tensors of a features object (e.g. QueryFeatures), tensors in tuples
+    (the decoder's skip outputs) included."""
+    total = 0
+    for v in vars(features).values():
+        for t in v if isinstance(v, tuple) else (v,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
 
 
 class PropagationEngine:
@@ -147,7 +157,8 @@ class PropagationEngine:
         amp: autocast name (:mod:`util.amp`).
         mem_every, include_last, mem_anchor: the memory-write rule (:class:`MemoryWriteRule`).
         image_cache: padded, normalised frames kept (0: none).
-        feature_cache_mb: query features kept for reuse (0: none).
+        feature_cache_mb: query features (with the decoder's skip outputs once a frame is
+            segmented) kept for reuse (0: none).
     """
 
     def __init__(
@@ -256,14 +267,38 @@ class PropagationEngine:
         with self.autocast():
             feats = self.adapter.encode_query(self.image(t))
         self._last_features = (t, feats)
-        budget = self.feature_cache_mb * 2**20
-        if budget > 0:
+        if self.feature_cache_mb > 0:
             self._features[t] = feats
             self._feature_bytes += _nbytes(feats)
-            while self._feature_bytes > budget and len(self._features) > 1:
-                _, old = self._features.popitem(last=False)
-                self._feature_bytes -= _nbytes(old)
+            self._evict()
         return feats
+
+    def decoder_features(self, t: int) -> Any:
+        """Frame t's query features holding the decoder's skip-branch outputs (computed on the
+        first call, then kept in the frame's cache entry in place of f8 / f4; the cache's byte
+        count follows). Networks that cannot split their decoder get :meth:`query_features`."""
+        feats = self.query_features(t)
+        with self.autocast():
+            ready = self.adapter.decoder_features(feats)
+        if ready is feats:
+            return feats
+        if self._last_features is not None and self._last_features[0] == t:
+            self._last_features = (t, ready)
+        old = self._features.get(t)
+        if old is not None:
+            self._features[t] = ready
+            self._features.move_to_end(t)
+            self._feature_bytes += _nbytes(ready) - _nbytes(old)
+            self._evict()
+        return ready
+
+    def _evict(self) -> None:
+        """Drop the least recently used features until the cache fits ``feature_cache_mb`` (the
+        most recent entry stays)."""
+        budget = self.feature_cache_mb * 2**20
+        while self._feature_bytes > budget and len(self._features) > 1:
+            _, old = self._features.popitem(last=False)
+            self._feature_bytes -= _nbytes(old)
 
     def clear_caches(self) -> None:
         """Drop cached frames and query features (results are unaffected)."""
@@ -360,6 +395,7 @@ class PropagationEngine:
             if len(objects) == 0:
                 prob[0] = 1.0
                 return prob
+        query = self.decoder_features(t)
         options = self._read_options()
         if self.km_sigma is not None:
             options["km_sigma"] = self.km_sigma

@@ -62,19 +62,34 @@ class PropagationConfig:
     memory_budget: int | None = None  # max affinity elements per chunk (None: read_memory default)
 
 
+#: the outputs of the decoder's two skip branches for one frame: (on f8, on f4), see
+#: :meth:`Decoder.skips`
+DecoderSkips = tuple[torch.Tensor, torch.Tensor]
+
+
+def expand_rows(t: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """``t`` (batch 1 or ``batch``) viewed with ``batch`` rows (no copy); None stays None."""
+    return None if t is None else t.expand(batch, *t.shape[1:])
+
+
 @dataclass
 class QueryFeatures:
     """Query-encoder outputs of one frame (batch 1, or one row per object).
 
     f16: B x C16 x H/16 x W/16, f8: B x C8 x H/8 x W/8, f4: B x C4 x H/4 x W/4 (layer3/2/1);
     key: B x CK x H/16 x W/16; value: B x CV x H/16 x W/16.
+
+    skips: the decoder's skip-branch outputs of these frames (:meth:`Decoder.skips`), computed
+    once by :meth:`PropagationNetwork.with_decoder_skips` so that every later decoding of the
+    frame reuses them; f8 and f4 are then None (the decoder needs nothing else from them).
     """
 
     f16: torch.Tensor
-    f8: torch.Tensor
-    f4: torch.Tensor
+    f8: torch.Tensor | None
+    f4: torch.Tensor | None
     key: torch.Tensor
     value: torch.Tensor
+    skips: DecoderSkips | None = None
 
     @property
     def batch_size(self) -> int:
@@ -86,11 +101,9 @@ class QueryFeatures:
             return self
         if self.batch_size != 1:
             raise ValueError(f"cannot expand query features of batch {self.batch_size} to {batch}")
-
-        def ex(t: torch.Tensor) -> torch.Tensor:
-            return t.expand(batch, *t.shape[1:])
-
-        return QueryFeatures(ex(self.f16), ex(self.f8), ex(self.f4), ex(self.key), ex(self.value))
+        skips = None if self.skips is None else tuple(expand_rows(s, batch) for s in self.skips)
+        return QueryFeatures(*(expand_rows(t, batch) for t in
+                               (self.f16, self.f8, self.f4, self.key, self.value)), skips=skips)
 
 
 class QueryEncoder(nn.Module):
@@ -163,17 +176,31 @@ class UpsampleBlock(nn.Module):
         self.skip_conv2 = ResBlock(up_c, up_c)
         self.out_conv = ResBlock(up_c, out_c)
 
-    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        x = self.skip_conv2(self.skip_conv1(skip))
-        x = x + F.interpolate(up, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def skip(self, skip: torch.Tensor) -> torch.Tensor:
+        """The skip branch alone (it depends only on the frame): B x up_c x 2h x 2w."""
+        return self.skip_conv2(self.skip_conv1(skip))
+
+    def fuse(self, skipped: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The rest of :meth:`forward` from the skip branch's output (batch 1 broadcasts over
+        the rows of ``up``)."""
+        x = skipped + F.interpolate(up, size=skipped.shape[-2:], mode="bilinear",
+                                    align_corners=False)
         return self.out_conv(x)
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.skip(skip), up)
 
 
 class Decoder(nn.Module):
     """[readout, query value] at stride 16 + f8 + f4 -> logits B x 1 x H x W (x4 of f4).
 
     ``upsample``: the class of the two upsampling blocks, called as ``upsample(skip_c, up_c,
-    out_c)`` (:class:`UpsampleBlock` here; STCN's has a single skip conv, ``model.stcn``).
+    out_c)`` (:class:`UpsampleBlock` here; STCN's has a single skip conv, ``model.stcn``); a
+    block has ``skip(feature)`` (its skip branch) and ``fuse(skipped, up)`` (the rest).
+
+    The skip branches depend only on the frame: :meth:`skips` computes them once, and
+    ``forward(x, f8, f4, skips=...)`` decodes from them (f8 / f4 are then not used), with the
+    same result as ``forward(x, f8, f4)``.
     """
 
     def __init__(
@@ -191,10 +218,18 @@ class Decoder(nn.Module):
         self.up_8_4 = upsample(f4_c, c8, c4)
         self.pred = nn.Conv2d(c4, 1, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
+    def skips(self, f8: torch.Tensor, f4: torch.Tensor) -> DecoderSkips:
+        """The two skip branches' outputs: (on f8, on f4), with the batch of f8 / f4."""
+        return self.up_16_8.skip(f8), self.up_8_4.skip(f4)
+
+    def forward(self, x: torch.Tensor, f8: torch.Tensor | None, f4: torch.Tensor | None,
+                skips: DecoderSkips | None = None) -> torch.Tensor:
+        """x: B x c_in x h x w; f8, f4 (or their ``skips``) with batch B or 1 (broadcast over
+        the rows of x) -> logits B x 1 x 16h x 16w."""
+        s8, s4 = self.skips(f8, f4) if skips is None else skips
         x = self.compress(x)
-        x = self.up_16_8(f8, x)
-        x = self.up_8_4(f4, x)
+        x = self.up_16_8.fuse(s8, x)
+        x = self.up_8_4.fuse(s4, x)
         x = self.pred(F.relu(x))
         return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
 
@@ -244,6 +279,18 @@ class PropagationNetwork(nn.Module):
         f16, f8, f4 = self.rgb_encoder(image)
         key, value = self.kv_q_f16(f16)
         return QueryFeatures(f16=f16, f8=f8, f4=f4, key=key, value=value)
+
+    def with_decoder_skips(self, query: QueryFeatures) -> QueryFeatures:
+        """The same features holding the decoder's skip-branch outputs instead of f8 / f4.
+
+        The skip branches depend only on the frame, so a caller that decodes a frame more than
+        once (an inference cache) computes them here once; :meth:`segment` then skips them and
+        gives the same logits. Features that already hold them are returned as they are.
+        """
+        if query.skips is not None:
+            return query
+        return QueryFeatures(f16=query.f16, f8=None, f4=None, key=query.key, value=query.value,
+                             skips=self.decoder.skips(query.f8, query.f4))
 
     def encode_memory(
         self, image: torch.Tensor, mask: torch.Tensor, others: torch.Tensor | None = None
@@ -300,7 +347,8 @@ class PropagationNetwork(nn.Module):
     ) -> torch.Tensor:
         """Segment a query frame from memory, one row per object.
 
-        query: features with batch 1 (shared by all objects, expanded) or B.
+        query: features with batch 1 (shared by all objects, expanded) or B; with the decoder's
+        skip outputs (:meth:`with_decoder_skips`) the skip branches are not run again.
         mem_key: B x CK x T x h x w; mem_value: B x CV x T x h x w (B = objects), or both
         flattened over the memory positions (B x CK x N, B x CV x N, N = T*h*w, frame-major).
         top_k: keep the top-k affinities per query position (None = full softmax, training).
@@ -321,7 +369,7 @@ class PropagationNetwork(nn.Module):
         # the decoder's skip branches run once per frame and their sum with the upsampled
         # object features broadcasts over the objects, as in the original (an expanded copy
         # would run them once per object).
-        return self.decoder(x, query.f8, query.f4)
+        return self.decoder(x, query.f8, query.f4, skips=query.skips)
 
     def attention_transfer(
         self, mem_key: torch.Tensor, query_key: torch.Tensor, diff: torch.Tensor,

@@ -53,7 +53,9 @@ An inference core uses it with B = 1 (REFERENCE.md j.2):
   ``feats_t.key`` to a shared key bank (1 x CK x T x h x w) and
   ``encode_value(image_t, feats_t.f16, prob[1:].unsqueeze(0))`` to the value bank
   (1 x K x CV x T x h x w);
-* ``segment(feats_t, keys, values, top_k=STCN_TOP_K)[0]`` gives the K logits of frame t;
+* ``segment(feats_t, keys, values, top_k=STCN_TOP_K)[0]`` gives the K logits of frame t; a
+  frame decoded more than once keeps ``with_decoder_skips(feats_t)`` (the decoder's skip
+  outputs in place of f8 / f4) and decodes from it without running the skip branches again;
 * the MiVOS-STCN schedule memorises a frame when ``abs(t - last memorised) >= mem_freq`` and
   keeps no temporary previous-frame memory;
 * fusion: ``attention_transfer(key of the interacted frame, key of the target frame,
@@ -72,7 +74,14 @@ import torch.nn.functional as F
 
 from model.backbone import ResNet
 from model.memory import read_memory
-from model.propagation import Decoder, QueryEncoder, ResBlock, others_masks
+from model.propagation import (
+    Decoder,
+    DecoderSkips,
+    QueryEncoder,
+    ResBlock,
+    expand_rows,
+    others_masks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +123,19 @@ class STCNQueryFeatures:
 
     key: B x CK x h x w (``key_proj``); value: B x CV x h x w (``key_comp``); f16: B x C16 x h x
     w, f8: B x C8 x 2h x 2w, f4: B x C4 x 4h x 4w (key encoder layer3 / layer2 / res2).
+
+    skips: the decoder's skip-branch outputs of these frames
+    (:meth:`model.propagation.Decoder.skips`), computed once by
+    :meth:`STCNNetwork.with_decoder_skips` so that every later decoding of the frame reuses
+    them; f8 and f4 are then None (the decoder needs nothing else from them).
     """
 
     key: torch.Tensor
     value: torch.Tensor
     f16: torch.Tensor
-    f8: torch.Tensor
-    f4: torch.Tensor
+    f8: torch.Tensor | None
+    f4: torch.Tensor | None
+    skips: DecoderSkips | None = None
 
     FIELDS: ClassVar[tuple[str, ...]] = ("key", "value", "f16", "f8", "f4")
 
@@ -129,8 +144,14 @@ class STCNQueryFeatures:
         return self.key.shape[0]
 
     def map(self, fn) -> STCNQueryFeatures:
-        """The same features with ``fn`` applied to every tensor."""
-        return STCNQueryFeatures(*(fn(getattr(self, name)) for name in self.FIELDS))
+        """The same features with ``fn`` applied to every tensor (None stays None; the skip
+        outputs too)."""
+        def apply(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else fn(t)
+
+        skips = None if self.skips is None else tuple(apply(t) for t in self.skips)
+        return STCNQueryFeatures(*(apply(getattr(self, name)) for name in self.FIELDS),
+                                 skips=skips)
 
     def expand(self, batch: int) -> STCNQueryFeatures:
         """Batch-1 features viewed ``batch`` times (no copy); a no-op for batch ``batch``."""
@@ -138,7 +159,7 @@ class STCNQueryFeatures:
             return self
         if self.batch_size != 1:
             raise ValueError(f"cannot expand query features of batch {self.batch_size} to {batch}")
-        return self.map(lambda t: t.expand(batch, *t.shape[1:]))
+        return self.map(lambda t: expand_rows(t, batch))
 
 
 # ============================================================================ building blocks
@@ -265,10 +286,19 @@ class SkipUpsampleBlock(nn.Module):
         self.skip_conv = nn.Conv2d(skip_c, up_c, 3, padding=1)
         self.out_conv = ResBlock(up_c, out_c)
 
-    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        x = self.skip_conv(skip)
-        x = x + F.interpolate(up, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def skip(self, skip: torch.Tensor) -> torch.Tensor:
+        """The skip branch alone (it depends only on the frame): B x up_c x 2h x 2w."""
+        return self.skip_conv(skip)
+
+    def fuse(self, skipped: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The rest of :meth:`forward` from the skip branch's output (batch 1 broadcasts over
+        the rows of ``up``)."""
+        x = skipped + F.interpolate(up, size=skipped.shape[-2:], mode="bilinear",
+                                    align_corners=False)
         return self.out_conv(x)
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.skip(skip), up)
 
 
 def _repeat_rows(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -327,6 +357,18 @@ class STCNNetwork(nn.Module):
         f16, f8, f4 = self.key_encoder(image)
         return STCNQueryFeatures(key=self.key_proj(f16), value=self.key_comp(f16), f16=f16,
                                  f8=f8, f4=f4)
+
+    def with_decoder_skips(self, query: STCNQueryFeatures) -> STCNQueryFeatures:
+        """The same features holding the decoder's skip-branch outputs instead of f8 / f4.
+
+        The skip branches depend only on the frame, so a caller that decodes a frame more than
+        once (an inference cache) computes them here once; :meth:`segment` then skips them and
+        gives the same logits. Features that already hold them are returned as they are.
+        """
+        if query.skips is not None:
+            return query
+        return STCNQueryFeatures(key=query.key, value=query.value, f16=query.f16, f8=None,
+                                 f4=None, skips=self.decoder.skips(query.f8, query.f4))
 
     def encode_value(
         self,
@@ -411,7 +453,8 @@ class STCNNetwork(nn.Module):
     ) -> torch.Tensor:
         """Segment B query frames from memory: logits B x K x H x W.
 
-        query: features of B frames (batch 1 is expanded to the memory's batch);
+        query: features of B frames (batch 1 is expanded to the memory's batch); with the
+        decoder's skip outputs (:meth:`with_decoder_skips`) the skip branches are not run again;
         mem_key: B x CK x T x h x w (or B x CK x N, N = T*h*w frame-major);
         mem_value: B x K x CV x T x h x w (or B x K x CV x N).
         top_k: keep the top-k affinities per query position (None = full softmax, training;
@@ -428,7 +471,10 @@ class STCNNetwork(nn.Module):
             # one frame: the skip branches (skip_conv on f8 / f4) run once for all objects and
             # their sum with the upsampled object features broadcasts over the objects, as in
             # the original; repeating f8 / f4 would run them once per object
-            logits = self.decoder(x, query.f8, query.f4)
+            logits = self.decoder(x, query.f8, query.f4, skips=query.skips)
+        elif query.skips is not None:
+            logits = self.decoder(x, None, None,
+                                  skips=tuple(_repeat_rows(s, k) for s in query.skips))
         else:
             logits = self.decoder(x, _repeat_rows(query.f8, k), _repeat_rows(query.f4, k))
         return logits.view(batch, k, *logits.shape[-2:])
