@@ -28,8 +28,38 @@ every object, and an object adds only a value encoding (ResNet-18), its read and
 The variants run interleaved within each round (at least one warm-up round, then
 ``--arch-repeats`` rounds, median).
 
-Baselines measured in the same run (``baseline_ms``; ``ratio`` = ms / baseline_ms, so a ratio
-below 1 means faster than the baseline):
+Machine peak (JSON ``peak``): an fp32 GEMM (``--peak-gemm``, default 2048 x 2048 x 2048) and a
+3x3 convolution (``--peak-conv``, default 256 -> 256 channels at 60 x 108) timed with the run's
+thread count, in GFLOP/s. The CPU model, the flags that matter (avx2, avx512f, avx512_bf16,
+amx_bf16, ...), ``torch.backends.cpu.get_cpu_capability()`` and ``util.amp.native_bf16()`` are
+recorded with the machine.
+
+Stages (JSON ``stages``, fp32, the run's frame size and memory): query encoding, memorize (memory
+encoding of one object), the affinity GEMM alone, the memory read (top-k), read + decode for
+K = 1, 2, 4 objects (``--stage-objects``), the fusion pass (attention read of the difference maps
++ FusionNet) for the same K, and the S2M forward. Each gets its median ms, its FLOPs (2 x the
+multiply-accumulates of every Conv / Linear call, counted with forward hooks, plus the reads'
+affinity and readout counted analytically), GFLOP/s and the fraction of the measured GEMM and
+conv peaks; the memory read also its time over the affinity GEMM alone (goal: <= 1.3). The
+original structure restated simply runs in the same rounds as a baseline: the dense top-k read;
+for read + decode a loop over the objects (dense top-k read, decoder with batch 1); for the fusion
+pass a loop over the objects (dense softmax attention read, FusionNet with batch 1);
+``baseline_over_ours`` >= 1 means ours is at least as fast.
+
+Long videos (JSON ``long_video``, CPU): ``InferenceCore`` propagating one object from frame 0
+through T = 20, 60, 200 frames (``--long-video-frames``; preset ``--long-video-preset``, default
+lite; frame size ``--long-video-height/--long-video-width``, default the run's), frames from a lazy
+reader, uint8 probabilities, bounded caches and a chunked read (:data:`LONG_VIDEO_OPTIONS`). Each
+T runs in a fresh ``python benchmark.py --long-video-worker SPEC`` process, which reports its ms
+per frame and its whole-process peak RSS (``VmHWM`` of ``/proc/self/status``); the report gives
+the longest / shortest ratios of both.
+
+bf16: the CPU ``amp-bf16`` rows (``amp`` on CPU) run only where the CPU computes bf16 natively
+(``util.amp.native_bf16()``: AVX512-BF16 or AMX), or with ``--force-emulated-bf16``; otherwise
+they are skipped and the report says why.
+
+Baselines of the module rows, measured in the same run (``baseline_ms``; ``ratio`` = ms /
+baseline_ms, so a ratio below 1 means faster than the baseline):
 
 * ``propagation_topk``: the same frame with the memory read replaced by the original's dense
   top-k read (:func:`baseline_dense_topk_read`: top-k, scatter into a dense N x M matrix, bmm);
@@ -51,7 +81,7 @@ in the Markdown when ``docs/inference_memory.json`` exists (it is not regenerate
 
 Examples::
 
-    python benchmark.py --quick                                  # < 1 min smoke run, CPU
+    python benchmark.py --quick                                  # ~1 min smoke run, CPU
     python benchmark.py --device cpu --threads 2 \\
         --json docs/benchmark_cpu.json --markdown docs/BENCHMARKS.md
     python benchmark.py --device all --json bench_gpu.json       # CPU, then CUDA if present
@@ -67,6 +97,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -74,10 +105,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from inference.inference_core import InferenceConfig, InferenceCore
 from model.presets import PROPAGATION_ARCHS, build_fusion, build_propagation, build_s2m
-from util.amp import autocast, long_amp_name
+from util.amp import autocast, long_amp_name, native_bf16
 from util.tensor_util import pad_divide_by
 
 ROOT = Path(__file__).resolve().parent
@@ -85,10 +118,17 @@ DEFAULT_INFERENCE_MEMORY_JSON = ROOT / "docs" / "inference_memory.json"
 
 FULL_DEFAULTS = dict(height=480, width=854, memory_frames=10, presets=["mivos", "lite"],
                      repeats=5, warmup=1, e2e_frames=10, e2e_objects=2, e2e_repeats=1,
-                     arch_repeats=3)
+                     arch_repeats=3, stage_repeats=3, peak_gemm=2048, peak_conv=[256, 60, 108],
+                     peak_repeats=5, long_video_frames=[20, 60, 200], long_video_preset="lite")
 QUICK_DEFAULTS = dict(height=128, width=224, memory_frames=3, presets=["lite"],
                       repeats=1, warmup=0, e2e_frames=4, e2e_objects=2, e2e_repeats=1,
-                      arch_repeats=2)
+                      arch_repeats=2, stage_repeats=1, peak_gemm=1024, peak_conv=[128, 30, 54],
+                      peak_repeats=2, long_video_frames=[4, 8], long_video_preset="lite")
+#: objects of the read + decode and fusion stage rows
+STAGE_OBJECTS = (1, 2, 4)
+#: the environment variable with which the inference cores keep an emulated CPU bf16 autocast
+#: (util.amp); set while --force-emulated-bf16 runs
+ALLOW_EMULATED_BF16_ENV = "MIVOS_ALLOW_EMULATED_BF16"
 #: objects of the architecture comparison (per-object cost rows)
 ARCH_OBJECTS = (1, 2, 4)
 
@@ -170,11 +210,49 @@ def load_average() -> float | None:
         return None
 
 
+#: CPU feature flags recorded with every run: the ones the fp32 and bf16 kernels' speed depends on
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flag_set() -> set[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo (empty when unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_capability() -> str:
+    """The vector instruction level torch dispatches its CPU kernels to (e.g. AVX2, AVX512)."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def bf16_skip_reason() -> str | None:
+    """None when this CPU computes bfloat16 natively (:func:`util.amp.native_bf16`); otherwise
+    the reason the CPU bf16 autocast rows are skipped."""
+    if native_bf16():
+        return None
+    flags = cpu_flag_set()
+    have = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return (f"this CPU has no native bf16: torch CPU capability {cpu_capability()}, flags "
+            f"{', '.join(have) if have else 'none of avx512f / avx512_bf16 / amx_bf16'} "
+            "(native bf16 needs AVX512-BF16 or AMX-BF16; elsewhere autocast emulates bf16, "
+            "which is slower than fp32)")
+
+
 def machine_info() -> dict:
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
+    flags = cpu_flag_set()
     info = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -184,6 +262,9 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_capability": cpu_capability(),
+        "cpu_flags": {f: f in flags for f in CPU_FLAGS} if flags else None,
+        "native_bf16": native_bf16(),
     }
     return info
 
@@ -191,15 +272,27 @@ def machine_info() -> dict:
 # ------------------------------------------------------------------------------ measuring
 
 
+def parse_status_kib(text: str, field: str) -> int | None:
+    """The value in KiB of ``field`` (e.g. ``VmHWM``, the peak RSS) in the text of
+    ``/proc/<pid>/status``; None when absent or malformed."""
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            parts = line.split()
+            try:
+                value = int(parts[1])
+            except (IndexError, ValueError):
+                return None
+            unit = parts[2].lower() if len(parts) > 2 else "kb"
+            return value if unit == "kb" else None
+    return None
+
+
 def _proc_status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
+            return parse_status_kib(f.read(), field)
+    except OSError:
+        return None
 
 
 def _malloc_trim() -> None:
@@ -590,6 +683,405 @@ def arch_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------------------ FLOPs and peak
+
+
+def module_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    """FLOPs (2 x multiply-accumulates) of one forward call of a convolution or linear layer;
+    bias additions are not counted, nor is anything else (0 for other modules).
+
+    Convolution: every output element sums ``in_channels / groups x kernel area`` products;
+    transposed convolution: every input element feeds ``out_channels / groups x kernel area``
+    outputs; linear: every output element sums ``in_features`` products.
+    """
+    if isinstance(module, nn.Linear):
+        return 2 * output.numel() * module.in_features
+    if isinstance(module, _TRANSPOSED_CONVS):
+        area = math.prod(module.kernel_size)
+        return 2 * inputs[0].numel() * (module.out_channels // module.groups) * area
+    if isinstance(module, _CONVS):
+        area = math.prod(module.kernel_size)
+        return 2 * output.numel() * (module.in_channels // module.groups) * area
+    return 0
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: the layers :class:`FlopCounter` hooks
+COUNTED_LAYERS = (nn.Linear, *_CONVS, *_TRANSPOSED_CONVS)
+
+
+class FlopCounter:
+    """While active, counts the FLOPs (:func:`module_flops`) of every convolution and linear
+    layer of ``networks`` through forward hooks; ``flops`` holds the total, ``calls`` the number
+    of layer calls. Work outside such layers (the memory read's products, pooling,
+    interpolation, normalisation) is not seen: add it analytically (:func:`read_flops`)."""
+
+    def __init__(self, *networks: nn.Module) -> None:
+        self.networks = networks
+        self.flops = 0
+        self.calls = 0
+        self._handles: list = []
+
+    def _hook(self, module, inputs, output) -> None:
+        self.flops += module_flops(module, inputs, output)
+        self.calls += 1
+
+    def __enter__(self) -> FlopCounter:
+        seen: set[int] = set()
+        for net in self.networks:
+            for m in net.modules():
+                if isinstance(m, COUNTED_LAYERS) and id(m) not in seen:
+                    seen.add(id(m))
+                    self._handles.append(m.register_forward_hook(self._hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def count_flops(fn: Callable[[], object], *networks: nn.Module) -> int:
+    """FLOPs of the convolution and linear layers of ``networks`` during one call of ``fn``."""
+    with FlopCounter(*networks) as counter:
+        fn()
+    return counter.flops
+
+
+def read_flops(batch: int, key_dim: int, value_dim: int, n_mem: int, m_query: int,
+               top_k: int | None) -> int:
+    """FLOPs of one memory read, counted analytically per batch item and query column: the
+    affinity GEMM (``2 CK N``) and the value readout (``2 CV k`` with top-k, ``2 CV N`` with a
+    full softmax). The normalisation (top-k selection, exponentials) is not counted."""
+    kept = n_mem if top_k is None else min(top_k, n_mem)
+    return 2 * batch * m_query * (key_dim * n_mem + value_dim * kept)
+
+
+def measure_peak(device, gemm_size: int, conv_shape: tuple[int, int, int], warmup: int,
+                 repeats: int, log: Callable[[str], None]) -> dict:
+    """The machine's fp32 throughput with the current thread count, measured now: an
+    ``n x n`` by ``n x n`` GEMM (``torch.mm``) and a 3x3 convolution ``C -> C`` on a
+    ``1 x C x H x W`` input (padding 1), interleaved in rounds. Returns per kernel its shape,
+    FLOPs, median / min ms and GFLOP/s at the median (``gflops``, the figure the stage fractions
+    use) and at the minimum (``best_gflops``)."""
+    gen = torch.Generator().manual_seed(2)
+    n = gemm_size
+    c, h, w = conv_shape
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    x = torch.randn(1, c, h, w, generator=gen).to(device)
+    weight = (torch.randn(c, c, 3, 3, generator=gen) / math.sqrt(9 * c)).to(device)
+    fns = {"gemm": _wrap(lambda: torch.mm(a, b), device, "fp32"),
+           "conv3x3": _wrap(lambda: F.conv2d(x, weight, padding=1), device, "fp32")}
+    flops = {"gemm": 2 * n ** 3, "conv3x3": 2 * c * c * 9 * h * w}
+    shapes = {"gemm": f"{n} x {n} x {n}", "conv3x3": f"{c} -> {c} channels, {h} x {w}"}
+    log(f"  peak on {device.type}: GEMM {shapes['gemm']}, conv 3x3 {shapes['conv3x3']}, "
+        f"({warmup} warm-up + {repeats} timed) rounds")
+    res = run_rounds(fns, Meter(device), warmup, repeats, log)
+    out = {"device": device.type, "threads": torch.get_num_threads(), "dtype": "float32"}
+    for name, r in res.items():
+        out[name] = {"shape": shapes[name], "flops": flops[name], "median_ms": r["median_ms"],
+                     "min_ms": r["min_ms"], "samples_ms": r["samples_ms"],
+                     "gflops": flops[name] / (r["median_ms"] * 1e6),
+                     "best_gflops": flops[name] / (r["min_ms"] * 1e6)}
+    return out
+
+
+# ------------------------------------------------------------------------------ stages
+
+STAGE_ORDER = ["encode_query", "memorize", "affinity_gemm", "memory_read", "read_decode",
+               "fusion_pass", "s2m"]
+STAGE_TITLES = {
+    "encode_query": "query encoding",
+    "memorize": "memorize (memory encoding, one object)",
+    "affinity_gemm": "affinity GEMM alone (k_M^T k_Q of the read)",
+    "memory_read": "memory read, top-k",
+    "read_decode": "read + decode",
+    "fusion_pass": "fusion pass (attention read + FusionNet)",
+    "s2m": "S2M interaction forward",
+}
+#: the memory read's goal: at most this many times the time of its affinity GEMM alone
+READ_OVER_GEMM_GOAL = 1.3
+
+
+def read_decode(prop, query, mem_key, mem_value, top_k):
+    """OURS: read + decode of K objects in one call (:meth:`PropagationNetwork.segment`: one
+    batched read, the decoder's skip branches run once for the frame)."""
+    return prop.segment(query, mem_key, mem_value, top_k=top_k)
+
+
+def baseline_read_decode(prop, query, mem_key, mem_value, top_k):
+    """BASELINE: read + decode as the original MiVOS structures it, one object at a time: for
+    each object the dense top-k read (:func:`baseline_dense_topk_read`), then the decoder on
+    [readout, query value] with the frame's skip features, batch 1.
+    query: QueryFeatures of batch 1; mem_key K x CK x T x h x w; mem_value K x CV x T x h x w
+    -> logits K x 1 x H x W."""
+    out = []
+    for i in range(mem_key.shape[0]):
+        readout = baseline_dense_topk_read(query.key, mem_key[i:i + 1], mem_value[i:i + 1], top_k)
+        out.append(prop.decoder(torch.cat([readout, query.value], dim=1), query.f8, query.f4))
+    return torch.cat(out, dim=0)
+
+
+def fusion_pass(prop, fusion, ref_key, query_key, diff, image, prev, curr, dist):
+    """OURS, as ``InferenceCore`` fuses a frame: one attention transfer for the K objects (the
+    target frame's query key broadcast), then one FusionNet call on the K objects.
+    ref_key K x CK x h x w (interacted frame); query_key 1 x CK x h x w; diff K x 2 x H x W;
+    image 1 x 3 x H x W; prev, curr K x 1 x H x W; dist K x 2 -> logits K x 1 x H x W."""
+    k = ref_key.shape[0]
+    attn = prop.attention_transfer(ref_key, query_key, diff)
+    return fusion(image.expand(k, -1, -1, -1), prev, curr, attn, dist)
+
+
+def baseline_fusion_pass(prop, fusion, ref_key, query_key, diff, image, prev, curr, dist):
+    """BASELINE: the fusion pass one object at a time, as the original: area-downsample the
+    object's differences, dense full-softmax attention read (:func:`baseline_dense_softmax_read`),
+    bilinear upsampling, FusionNet with batch 1. Shapes as :func:`fusion_pass`."""
+    h, w = ref_key.shape[-2:]
+    out = []
+    for i in range(ref_key.shape[0]):
+        small = F.interpolate(diff[i:i + 1], size=(h, w), mode="area")
+        aligned = baseline_dense_softmax_read(query_key, ref_key[i:i + 1].unsqueeze(2),
+                                              small.unsqueeze(2))
+        attn = F.interpolate(aligned, size=diff.shape[-2:], mode="bilinear", align_corners=False)
+        out.append(fusion(image, prev[i:i + 1], curr[i:i + 1], attn, dist[i:i + 1]))
+    return torch.cat(out, dim=0)
+
+
+def _stage_entries(preset: str, device, s: dict) -> tuple[list[dict], tuple, dict]:
+    """Networks, inputs and the timed calls of the stage rows of one preset (fp32, batch 1
+    frame). Each entry: name, stage, objects, fn, extra_flops (work outside conv / linear
+    layers, counted analytically), and for stages with a baseline baseline_fn / baseline."""
+    gen = torch.Generator().manual_seed(1)
+
+    def rand(*shape, normal=False):
+        t = torch.randn(*shape, generator=gen) if normal else torch.rand(*shape, generator=gen)
+        return t.to(device)
+
+    image, _ = pad_divide_by(rand(1, 3, s["height"], s["width"], normal=True), 16)
+    hp, wp = image.shape[-2:]
+    h, w = hp // 16, wp // 16
+    kmax = max(s["stage_objects"])
+    s2m = build_s2m(preset).eval().to(device)
+    prop = build_propagation(preset).eval().to(device)
+    fusion = build_fusion(preset).eval().to(device)
+    ck, cv, t_mem, k = prop.key_dim, prop.value_dim, s["memory_frames"], s["top_k"]
+    n_mem, m_query = t_mem * h * w, h * w
+    mask = rand(1, 1, hp, wp)
+    s2m_in = torch.cat([image, mask, rand(1, 1, hp, wp), rand(1, 1, hp, wp)], dim=1)
+    mem_key = rand(kmax, ck, t_mem, h, w, normal=True)  # one memory per object (MiVOS)
+    mem_value = rand(kmax, cv, t_mem, h, w, normal=True)
+    ref_key = rand(kmax, ck, h, w, normal=True)  # interacted frame's memory keys (fusion)
+    diff = rand(kmax, 2, hp, wp)
+    prev, curr = rand(kmax, 1, hp, wp), rand(kmax, 1, hp, wp)
+    dist = torch.tensor([[0.4, 0.6]], device=device).expand(kmax, 2)
+    with torch.inference_mode():
+        query = prop.encode_query(image)
+        scaled_query = (query.key.flatten(start_dim=2) / math.sqrt(ck)).contiguous()
+    keys_flat = mem_key[:1].flatten(start_dim=2)  # 1 x CK x N
+
+    entries = [
+        {"name": "encode_query", "stage": "encode_query", "objects": 1,
+         "fn": lambda: prop.encode_query(image), "extra_flops": 0},
+        {"name": "memorize", "stage": "memorize", "objects": 1,
+         "fn": lambda: prop.encode_memory(image, mask, None), "extra_flops": 0},
+        {"name": "affinity_gemm", "stage": "affinity_gemm", "objects": 1,
+         # the read's affinity product alone, in the read's layout (query-major, M x N)
+         "fn": lambda: torch.bmm(scaled_query.transpose(1, 2), keys_flat),
+         "extra_flops": 2 * ck * n_mem * m_query},
+        {"name": "memory_read", "stage": "memory_read", "objects": 1,
+         "fn": lambda: prop.read(query.key, mem_key[:1], mem_value[:1], top_k=k),
+         "extra_flops": read_flops(1, ck, cv, n_mem, m_query, k),
+         "baseline": "original dense top-k read (top-k, scatter into a dense N x M, bmm)",
+         "baseline_fn": lambda: baseline_dense_topk_read(query.key, mem_key[:1], mem_value[:1],
+                                                         k)},
+    ]
+    for kk in s["stage_objects"]:
+        entries.append({
+            "name": f"read_decode/{kk}", "stage": "read_decode", "objects": kk,
+            "fn": lambda kk=kk: read_decode(prop, query, mem_key[:kk], mem_value[:kk], k),
+            "extra_flops": read_flops(kk, ck, cv, n_mem, m_query, k),
+            "baseline": "per object: dense top-k read, then the decoder (batch 1)",
+            "baseline_fn": lambda kk=kk: baseline_read_decode(prop, query, mem_key[:kk],
+                                                              mem_value[:kk], k)})
+    for kk in s["stage_objects"]:
+        args = (ref_key[:kk], query.key, diff[:kk], image, prev[:kk], curr[:kk], dist[:kk])
+        entries.append({
+            "name": f"fusion_pass/{kk}", "stage": "fusion_pass", "objects": kk,
+            "fn": lambda a=args: fusion_pass(prop, fusion, *a),
+            # attention read of the 2 difference maps: full softmax over the h x w positions
+            "extra_flops": read_flops(kk, ck, 2, m_query, m_query, None),
+            "baseline": "per object: dense softmax attention read, then FusionNet (batch 1)",
+            "baseline_fn": lambda a=args: baseline_fusion_pass(prop, fusion, *a)})
+    entries.append({"name": "s2m", "stage": "s2m", "objects": 1, "fn": lambda: s2m(s2m_in),
+                    "extra_flops": 0})
+    shapes = {"padded_height": hp, "padded_width": wp, "grid": [h, w], "key_dim": ck,
+              "value_dim": cv, "memory_positions": n_mem, "query_positions": m_query}
+    return entries, (s2m, prop, fusion), shapes
+
+
+def stage_rows(preset: str, device, s: dict, log) -> list[dict]:
+    """Per stage of one preset (fp32): median ms, FLOPs (conv / linear layers through forward
+    hooks + the reads analytically), GFLOP/s, and the baseline's time in the same rounds."""
+    entries, nets, shapes = _stage_entries(preset, device, s)
+    fns: dict[str, Callable[[], object]] = {}
+    for e in entries:  # ours and its baseline next to each other in every round
+        fns[e["name"]] = _wrap(e["fn"], device, "fp32")
+        if "baseline_fn" in e:
+            fns["baseline:" + e["name"]] = _wrap(e["baseline_fn"], device, "fp32")
+    flops = {}
+    t0 = time.perf_counter()
+    for e in entries:  # one counted call each, which also warms the networks up
+        flops[e["name"]] = count_flops(fns[e["name"]], *nets) + e["extra_flops"]
+    log(f"  stages {preset} on {device.type}: FLOPs counted in {time.perf_counter() - t0:.1f} s; "
+        f"{len(fns)} timed functions x ({s['warmup']} warm-up + {s['stage_repeats']} timed) "
+        "rounds")
+    res = run_rounds(fns, Meter(device), s["warmup"], s["stage_repeats"], log)
+    gemm_ms = res["affinity_gemm"]["median_ms"]
+    rows = []
+    for e in entries:
+        r = res[e["name"]]
+        row = {"stage": e["stage"], "preset": preset, "device": device.type,
+               "precision": "fp32", "objects": e["objects"], "height": s["height"],
+               "width": s["width"], "memory_frames": s["memory_frames"], "top_k": s["top_k"],
+               "median_ms": r["median_ms"], "min_ms": r["min_ms"], "samples_ms": r["samples_ms"],
+               "flops": flops[e["name"]],
+               "gflops": flops[e["name"]] / (r["median_ms"] * 1e6),
+               **_merge_mem([r])}
+        if "baseline_fn" in e:
+            b = res["baseline:" + e["name"]]
+            row.update(baseline=e["baseline"], baseline_ms=b["median_ms"],
+                       baseline_samples_ms=b["samples_ms"],
+                       baseline_over_ours=b["median_ms"] / r["median_ms"])
+        if e["stage"] == "memory_read":
+            row.update(gemm_ms=gemm_ms, read_over_gemm=r["median_ms"] / gemm_ms,
+                       read_over_gemm_goal=READ_OVER_GEMM_GOAL)
+        row.update({key: shapes[key] for key in ("padded_height", "padded_width",
+                                                 "memory_positions", "query_positions",
+                                                 "key_dim", "value_dim")})
+        rows.append(row)
+    return rows
+
+
+def add_peak_fractions(rows: list[dict], peaks: dict) -> None:
+    """Fill ``frac_gemm_peak`` / ``frac_conv_peak``: a stage's GFLOP/s over the GEMM and the
+    3x3-convolution throughput measured on its device in the same run."""
+    for r in rows:
+        peak = peaks.get(r["device"])
+        for key, kernel in (("frac_gemm_peak", "gemm"), ("frac_conv_peak", "conv3x3")):
+            g = (peak or {}).get(kernel, {}).get("gflops")
+            r[key] = r["gflops"] / g if g else None
+
+
+# ------------------------------------------------------------------------------ long videos
+
+#: the memory options of the long-video rows (InferenceConfig fields; README "memory options"):
+#: uint8 probabilities, 2 prepared frames cached (the frames themselves come from a lazy
+#: reader), a bounded query-feature cache and a chunked memory read
+LONG_VIDEO_OPTIONS = {"prob_dtype": "uint8", "image_cache": 2, "feature_cache_mb": 64.0,
+                      "memory_budget": 2**24}
+
+
+class LazyFrames:
+    """A video of T frames of H x W x 3 uint8 made on request (a slow pan over a fixed random
+    texture), none of them kept: what a lazy reader of a folder or a video file hands over."""
+
+    def __init__(self, t: int, h: int, w: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.texture = rng.integers(0, 256, size=(h, w + 2 * t, 3), dtype=np.uint8)
+        self.t, self.h, self.w = t, h, w
+
+    def __len__(self) -> int:
+        return self.t
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.t:
+            raise IndexError(i)
+        return np.ascontiguousarray(self.texture[:, 2 * i: 2 * i + self.w])
+
+
+def long_video_worker(spec: dict) -> dict:
+    """One long-video configuration in this process: one object marked on frame 0 and
+    propagated forward through ``spec["frames"]`` frames by :class:`InferenceCore` with
+    ``spec["options"]`` (CPU, fp32, no fusion). Returns ms per propagated frame and the
+    process's peak RSS (``VmHWM``) after building the network and at the end, in MiB."""
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    t, h, w = spec["frames"], spec["height"], spec["width"]
+    prop = build_propagation(spec["preset"]).eval()
+    cfg = InferenceConfig(top_k=spec["top_k"], fusion="none", **spec["options"])
+    frames = LazyFrames(t, h, w)
+    model_kib = _proc_status_kib("VmHWM")
+    core = InferenceCore(prop, None, frames, num_objects=1, config=cfg, device="cpu")
+    t0 = time.perf_counter()
+    core.interact(_label_map(h, w, 1), 0)
+    seconds = time.perf_counter() - t0
+    peak_kib = _proc_status_kib("VmHWM")
+    return {**spec, "frames_propagated": t - 1, "seconds": seconds,
+            "ms_per_frame": seconds * 1e3 / max(1, t - 1),
+            "peak_rss_mib": None if peak_kib is None else peak_kib / 1024,
+            "model_rss_mib": None if model_kib is None else model_kib / 1024}
+
+
+def parse_worker_output(stdout: str) -> dict:
+    """The result of a long-video worker: the last line of its output that is a JSON object."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError("the worker printed no JSON result")
+
+
+def run_long_video(spec: dict, timeout: float) -> dict:
+    """Run :func:`long_video_worker` in a fresh ``python benchmark.py --long-video-worker``
+    process, so that its peak RSS is its own. Failures become a row with ``error``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--long-video-worker", json.dumps(spec)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    if res.returncode != 0:
+        tail = " | ".join((res.stderr or "").strip().splitlines()[-3:])
+        reason = "killed (out of memory?)" if res.returncode in (-9, 137) else tail
+        return {**spec, "error": f"exit {res.returncode}: {reason}"}
+    try:
+        return parse_worker_output(res.stdout)
+    except ValueError as err:
+        return {**spec, "error": str(err)}
+
+
+def long_video_section(s: dict, log) -> dict:
+    """Long-video rows (one fresh process per T, CPU) and the last-T / first-T ratios."""
+    rows = []
+    for t in s["long_video_frames"]:
+        spec = {"frames": t, "preset": s["long_video_preset"], "height": s["long_video_height"],
+                "width": s["long_video_width"], "objects": 1, "top_k": s["top_k"],
+                "threads": torch.get_num_threads(), "options": dict(LONG_VIDEO_OPTIONS)}
+        t0 = time.perf_counter()
+        row = run_long_video(spec, s["long_video_timeout"])
+        rows.append(row)
+        if "error" in row:
+            log(f"  long video T = {t}: FAILED {row['error']}")
+        else:
+            log(f"  long video T = {t}: {row['ms_per_frame']:.1f} ms/frame, peak RSS "
+                f"{row['peak_rss_mib']:.0f} MiB ({time.perf_counter() - t0:.1f} s)")
+    return {"rows": rows, "options": dict(LONG_VIDEO_OPTIONS), "ratios": long_video_ratios(rows)}
+
+
+def long_video_ratios(rows: list[dict]) -> dict | None:
+    """ms per frame and peak RSS of the longest video over the shortest one (both measured)."""
+    ok = sorted((r for r in rows if "error" not in r), key=lambda r: r["frames"])
+    if len(ok) < 2:
+        return None
+    lo, hi = ok[0], ok[-1]
+    peak = (hi["peak_rss_mib"] / lo["peak_rss_mib"]
+            if hi.get("peak_rss_mib") and lo.get("peak_rss_mib") else None)
+    return {"short_frames": lo["frames"], "long_frames": hi["frames"],
+            "ms_per_frame_ratio": hi["ms_per_frame"] / lo["ms_per_frame"],
+            "peak_rss_ratio": peak}
+
+
 # ------------------------------------------------------------------------------ ratios
 
 
@@ -672,6 +1164,147 @@ def _arch_markdown(section: dict | None) -> list[str]:
     return lines
 
 
+def _pct(frac) -> str:
+    return "-" if frac is None else f"{100 * frac:.1f}%"
+
+
+def _gflop(flops) -> str:
+    """FLOPs in GFLOP with three significant digits (small stages stay readable)."""
+    return "-" if flops is None else f"{flops / 1e9:.3g}"
+
+
+def _cpu_features_text(m: dict) -> str:
+    flags = m.get("cpu_flags")
+    if flags is None and "cpu_capability" not in m:
+        return "not recorded (JSON of an earlier version)"
+    have = ", ".join(f for f in CPU_FLAGS if (flags or {}).get(f)) if flags else "unreadable"
+    native = m.get("native_bf16")
+    return (f"torch CPU capability `{m.get('cpu_capability', '?')}`; flags present (of "
+            f"{', '.join(CPU_FLAGS)}): {have or 'none'}; native bf16: "
+            f"{'yes' if native else 'no' if native is not None else '?'}")
+
+
+def _peak_markdown(peaks: dict | None, s: dict) -> list[str]:
+    if not peaks:
+        return []
+    lines = ["## Machine peak, measured in this run", "",
+             f"fp32 kernels with the run's {s.get('threads')} torch threads, "
+             f"{max(1, s.get('warmup', 1))} warm-up round(s), then the median of "
+             f"{s.get('peak_repeats')} rounds (the two kernels interleaved). GFLOP/s = FLOPs / "
+             "median time; *best* = at the fastest round. The stage fractions below divide by "
+             "the median figures.", "",
+             "| device | kernel | shape | GFLOP | median ms | GFLOP/s | best GFLOP/s |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for device, peak in peaks.items():
+        for kernel, title in (("gemm", "GEMM (`torch.mm`)"), ("conv3x3", "3x3 conv")):
+            k = peak.get(kernel)
+            if not k:
+                continue
+            lines.append(f"| {device} | {title} | {k['shape']} | {_gflop(k['flops'])} | "
+                         f"{_fmt(k['median_ms'])} | {_fmt(k['gflops'])} | "
+                         f"{_fmt(k['best_gflops'])} |")
+    lines.append("")
+    return lines
+
+
+def _stages_markdown(section: dict | None, s: dict) -> list[str]:
+    if not section or not section.get("rows"):
+        return []
+    rows = section["rows"]
+    first = rows[0]
+    lines = [
+        "## Stages: time, FLOPs, fraction of peak, baseline", "",
+        f"fp32, one frame at {first['width']} x {first['height']} (padded "
+        f"{first.get('padded_width')} x {first.get('padded_height')}), memory of "
+        f"T = {first['memory_frames']} frames ({first.get('memory_positions')} positions, one "
+        f"memory per object), top-k {first['top_k']}; random weights and inputs. "
+        f"{s.get('warmup')} warm-up round(s), then the median of {s.get('stage_repeats')} "
+        "rounds; in each round every stage and its baseline run once, next to each other.", "",
+        "* **FLOPs** = 2 x multiply-accumulates of every `Conv2d` / `Linear` call, counted with "
+        "forward hooks during one call of the stage, plus the memory reads counted analytically "
+        "(affinity `2 CK N M`, readout `2 CV k M` with top-k or `2 CV N M` with the fusion's "
+        "full softmax). Softmax, top-k selection, pooling and interpolation are not counted. "
+        "**% of peak** = the stage's GFLOP/s over the GEMM / 3x3-conv GFLOP/s measured above "
+        "on the same device.",
+        "* **query encoding**: the query encoder and its key / value projections; **memorize**: "
+        "the memory encoder on [image, mask, others] and its projections, one object; "
+        "**affinity GEMM alone**: the read's `k_Q^T k_M` product (`torch.bmm`, M x CK by "
+        "CK x N) and nothing else; **memory read**: `PropagationNetwork.read` with top-k, one "
+        "object; **read + decode** (K objects): `segment` (one batched read; the decoder's "
+        "skip branches run once for the frame); **fusion pass** (K objects): the attention "
+        "read of the K objects' difference maps and FusionNet on the K objects, as "
+        "`InferenceCore` fuses a frame; **S2M**: one forward on [image, mask, pos, neg].",
+        "* **baselines** (the original MiVOS structure restated simply, in `benchmark.py`): "
+        "memory read: the dense top-k read (`baseline_dense_topk_read`: top-k, scatter into a "
+        "dense N x M matrix, bmm); read + decode: a loop over the objects, each a dense top-k "
+        "read then the decoder with batch 1 (`baseline_read_decode`); fusion pass: a loop over "
+        "the objects, each a dense softmax attention read then FusionNet with batch 1 "
+        "(`baseline_fusion_pass`). **baseline / ours** >= 1 means ours is at least as fast. "
+        "The other stages have the original's structure already (no baseline).",
+        "",
+        "| preset | device | stage | objects | ms | GFLOP | GFLOP/s | % of GEMM peak | "
+        "% of conv peak | baseline ms | baseline / ours |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']} | {r['device']} | {STAGE_TITLES.get(r['stage'], r['stage'])} | "
+            f"{r['objects']} | {_fmt(r['median_ms'])} | {_gflop(r['flops'])} | "
+            f"{_fmt(r['gflops'])} | {_pct(r.get('frac_gemm_peak'))} | "
+            f"{_pct(r.get('frac_conv_peak'))} | {_fmt(r.get('baseline_ms'))} | "
+            f"{_fmt(r.get('baseline_over_ours'), 2)} |")
+    lines.append("")
+    reads = [r for r in rows if r["stage"] == "memory_read" and r.get("read_over_gemm")]
+    if reads:
+        goal = reads[0].get("read_over_gemm_goal", READ_OVER_GEMM_GOAL)
+        lines += [f"Memory read against its affinity GEMM alone (goal: at most {goal:g}x): "
+                  + "; ".join(
+                      f"{r['preset']} {r['device']} **{r['read_over_gemm']:.2f}x** (read "
+                      f"{_fmt(r['median_ms'])} ms, GEMM {_fmt(r['gemm_ms'])} ms; "
+                      f"{'meets' if r['read_over_gemm'] <= goal else 'misses'} the goal)"
+                      for r in reads) + ".", ""]
+    return lines
+
+
+def _long_video_markdown(section: dict | None, s: dict) -> list[str]:
+    if not section or not section.get("rows"):
+        return []
+    rows = section["rows"]
+    opts = section.get("options", {})
+    first = rows[0]
+    lines = [
+        "## Long videos: ms per frame and peak memory", "",
+        f"`InferenceCore` (preset `{first['preset']}`, {first['objects']} object, fp32, top-k "
+        f"{first['top_k']}, no fusion) on a {first['width']} x {first['height']} video of T "
+        "frames made on demand by a lazy reader: one interaction on frame 0 propagated forward "
+        "through the whole video, so the memory grows to 1 + (T-1) / "
+        f"{InferenceConfig().mem_every} frames (plus the temporary previous frame). Memory "
+        "options on: "
+        + ", ".join(f"`{k}={v}`" for k, v in opts.items())
+        + ". Each T runs in a fresh process (`python benchmark.py --long-video-worker ...`) "
+        f"with the run's {first.get('threads')} threads; peak RSS is that process's `VmHWM` "
+        "(`/proc/self/status`), whole process, after building the network and at the end. "
+        "ms / frame = the interaction's wall time / (T - 1); one run per T.", "",
+        "| T | preset | frame size | ms / frame | peak RSS (MiB) | RSS after building the "
+        "network (MiB) | seconds |",
+        "|---:|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        size = f"{r['width']} x {r['height']}"
+        if "error" in r:
+            lines.append(f"| {r['frames']} | {r['preset']} | {size} | failed: {r['error']} | - "
+                         "| - | - |")
+            continue
+        lines.append(f"| {r['frames']} | {r['preset']} | {size} | {_fmt(r['ms_per_frame'])} | "
+                     f"{_fmt(r.get('peak_rss_mib'))} | {_fmt(r.get('model_rss_mib'))} | "
+                     f"{_fmt(r['seconds'])} |")
+    lines.append("")
+    ratio = section.get("ratios")
+    if ratio:
+        lines += [f"T = {ratio['long_frames']} against T = {ratio['short_frames']}: ms per frame "
+                  f"**x{_fmt(ratio['ms_per_frame_ratio'], 2)}**, peak RSS "
+                  f"**x{_fmt(ratio.get('peak_rss_ratio'), 2)}**.", ""]
+    return lines
+
+
 def inference_memory_markdown(path: Path) -> list[str]:
     """The peak-memory-vs-length/resolution table of scripts/bench_inference_memory.py."""
     if not path.is_file():
@@ -715,15 +1348,20 @@ def to_markdown(result: dict, inference_memory_json: Path | None) -> str:
     # start says whether other processes were competing for the cores
     shared = (load.get("start") or 0.0) > 0.75 * cores
     gpu = f"; CUDA device {m['cuda_device']}" if m.get("cuda_device") else "; no CUDA device"
+    command = f"python benchmark.py {' '.join(s.get('argv', []))}".strip()
+    took = (f" The run took {s['seconds'] / 60:.1f} min." if s.get("seconds") else "")
     lines = [
         "# Speed benchmark (the paper's Table 3)",
         "",
-        f"Produced by `python benchmark.py {' '.join(s.get('argv', []))}`"
-        + (" (quick smoke sizes, not representative)" if s.get("quick") else "") + ".",
+        f"Produced by `{command}`"
+        + (" (quick smoke sizes, not representative)" if s.get("quick") else "") + "; the same "
+        f"command regenerates this page and its JSON.{took} `python benchmark.py --from-json "
+        "JSON --markdown MD` re-renders the page from the JSON without measuring.",
         "",
         f"* machine: {m['cpu']}, {m['cores']} logical cores ({m.get('usable_cores')} usable), "
         f"{m.get('ram_gib')} GiB RAM, torch {m['torch']}, python {m.get('python')}, "
         f"{s.get('threads')} torch threads{gpu}",
+        f"* CPU features: {_cpu_features_text(m)}",
         f"* 1-minute load average: {load.get('start')} at the start, {load.get('end')} at the "
         "end" + (f" — **the machine was shared** (load from other processes at the start "
                  f"above 0.75 x the {cores} usable cores), so absolute CPU times are inflated and noisy; "
@@ -737,7 +1375,14 @@ def to_markdown(result: dict, inference_memory_json: Path | None) -> str:
         "each round every timed function of a preset runs once (interleaved); CPU wall clock "
         "(`time.perf_counter`), CUDA events with `torch.cuda.synchronize`",
         "* precisions: `fp32`; `amp-bf16` = `torch.autocast` with bfloat16 (CPU and CUDA), "
-        "`amp-fp16` = autocast float16 (CUDA only)",
+        "`amp-fp16` = autocast float16 (CUDA only). **bf16 figures need bf16 hardware**: on a "
+        "CPU, AVX512-BF16 or AMX-BF16 (`util.amp.native_bf16`); without it autocast emulates "
+        "bf16 and runs slower than fp32, so the CPU `amp-bf16` rows are skipped there (a note "
+        "says so) unless `--force-emulated-bf16` is given"
+        + (f"; in this run they were **skipped**: {s['bf16']['reason']}"
+           if s.get("bf16", {}).get("cpu_rows_skipped") else
+           "; in this run they ran with **emulated** bf16" if
+           s.get("bf16", {}).get("forced_emulated") else ""),
         "",
         "What a row measures (ms per frame per object):",
         "",
@@ -792,6 +1437,14 @@ def to_markdown(result: dict, inference_memory_json: Path | None) -> str:
             "show it. The module rows above therefore use a bfloat16 memory for AMP.")
     if notes:
         lines += ["Notes from this run:", ""] + [f"* {n}" for n in notes] + [""]
+    missing = [name for name, key in (("machine peak", "peak"), ("stages", "stages"),
+                                      ("long videos", "long_video")) if key not in result]
+    if missing and "stage_repeats" not in s:
+        lines += [f"(This JSON was written by an earlier version of `benchmark.py`: it has no "
+                  f"{', '.join(missing)} section; run the command above to add them.)", ""]
+    lines += _peak_markdown(result.get("peak"), s)
+    lines += _stages_markdown(result.get("stages"), s)
+    lines += _long_video_markdown(result.get("long_video"), s)
 
     # summary: one line per (preset, module), one column per (device, precision)
     combos = []
@@ -900,7 +1553,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="tiny smoke sizes: 224 x 128, T = 3, lite only, 1 repeat, no warm-up, "
-                        "4-frame clip (every row type, well under a minute on 2 CPU cores)")
+                        "4-frame clip, long videos of 4 and 8 frames, a 1024 GEMM peak (every "
+                        "row type, about a minute on 2 idle CPU cores)")
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="cpu",
                    help="cpu, cuda, or all (CPU, then CUDA when torch.cuda.is_available())")
     p.add_argument("--presets", nargs="+", choices=["mivos", "lite"],
@@ -930,6 +1584,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed rounds of the comparison, median reported (default 3; --quick 2)")
     p.add_argument("--no-arch", action="store_true",
                    help="skip the architecture comparison")
+    p.add_argument("--stage-objects", nargs="+", type=int, default=list(STAGE_OBJECTS),
+                   help="objects of the read + decode and fusion-pass stage rows (default: "
+                        "1 2 4)")
+    p.add_argument("--stage-repeats", type=int,
+                   help="timed rounds of the stage rows, median reported (default 3; --quick 1)")
+    p.add_argument("--no-stages", action="store_true",
+                   help="skip the stage rows (time, FLOPs, fraction of peak, baselines); the "
+                        "machine peak is still measured")
+    p.add_argument("--peak-gemm", type=int, metavar="N",
+                   help="size of the peak GEMM, N x N by N x N fp32 (default 2048; --quick 1024)")
+    p.add_argument("--peak-conv", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="peak 3x3 convolution C -> C channels on C x H x W (default 256 60 108; "
+                        "--quick 128 30 54)")
+    p.add_argument("--peak-repeats", type=int,
+                   help="timed rounds of the peak kernels (default 5; --quick 2)")
+    p.add_argument("--long-video-frames", nargs="+", type=int, metavar="T",
+                   help="video lengths of the long-video rows, each in a fresh process "
+                        "(default 20 60 200; --quick 4 8)")
+    p.add_argument("--long-video-preset", choices=["mivos", "lite"],
+                   help="preset of the long-video rows (default lite)")
+    p.add_argument("--long-video-height", type=int,
+                   help="frame height of the long-video rows (default: --height)")
+    p.add_argument("--long-video-width", type=int,
+                   help="frame width of the long-video rows (default: --width)")
+    p.add_argument("--long-video-timeout", type=float, default=3600.0,
+                   help="seconds a long-video process may run (default 3600)")
+    p.add_argument("--no-long-video", action="store_true", help="skip the long-video rows")
+    p.add_argument("--force-emulated-bf16", action="store_true",
+                   help="run the CPU amp-bf16 rows even where the CPU has no native bf16 "
+                        "(AVX512-BF16 / AMX); by default they are skipped there, with a note")
+    p.add_argument("--long-video-worker", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's own choice); restored on return")
     p.add_argument("--json", metavar="OUT.json", help="write machine, settings and rows as JSON")
@@ -949,11 +1634,25 @@ def _settings(args, argv) -> dict:
          for key, val in defaults.items()}
     s.update(top_k=args.top_k, quick=args.quick, argv=list(argv),
              e2e=not args.no_e2e, arch=not args.no_arch, archs=list(dict.fromkeys(args.archs)),
-             arch_objects=sorted(set(args.arch_objects)))
+             arch_objects=sorted(set(args.arch_objects)), stages=not args.no_stages,
+             stage_objects=sorted(set(args.stage_objects)), long_video=not args.no_long_video,
+             long_video_height=args.long_video_height or s["height"],
+             long_video_width=args.long_video_width or s["width"],
+             long_video_timeout=args.long_video_timeout,
+             force_emulated_bf16=args.force_emulated_bf16)
+    s["peak_conv"] = list(s["peak_conv"])
+    s["long_video_frames"] = sorted(set(s["long_video_frames"]))
     for key in ("height", "width", "memory_frames", "repeats", "e2e_frames", "e2e_objects",
-                "e2e_repeats", "arch_repeats"):
+                "e2e_repeats", "arch_repeats", "stage_repeats", "peak_gemm", "peak_repeats",
+                "long_video_height", "long_video_width"):
         if s[key] < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1")
+    if min(s["peak_conv"]) < 1:
+        raise SystemExit("--peak-conv values must be >= 1")
+    if min(s["stage_objects"]) < 1:
+        raise SystemExit("--stage-objects must be >= 1")
+    if min(s["long_video_frames"]) < 2:
+        raise SystemExit("--long-video-frames must be >= 2")
     if s["warmup"] < 0:
         raise SystemExit("--warmup must be >= 0")
     if s["e2e_frames"] < 3:
@@ -963,13 +1662,18 @@ def _settings(args, argv) -> dict:
     return s
 
 
-def _precisions_for(device, requested: list[str]) -> list[str]:
+def _precisions_for(device, requested: list[str], cpu_bf16: bool = True) -> list[str]:
+    """The precisions measured on ``device``: fp32 always; ``amp`` = bf16 on CPU, fp16 and
+    bf16 on CUDA; fp16 never on CPU; bf16 on CPU only when ``cpu_bf16`` (native bf16, or
+    forced)."""
     out = []
     for p in requested:
         names = (["amp-bf16"] if device.type == "cpu" else ["amp-fp16", "amp-bf16"]) \
             if p == "amp" else [p]
         for name in names:
             if name == "amp-fp16" and device.type == "cpu":
+                continue
+            if name == "amp-bf16" and device.type == "cpu" and not cpu_bf16:
                 continue
             if name not in out:
                 out.append(name)
@@ -982,27 +1686,69 @@ def run_benchmark(s: dict, devices: list, requested_precisions: list[str], log) 
     s["load_average_1min"] = {"start": load_average()}
     rows: list[dict] = []
     archs: list[dict] = []
+    stages: list[dict] = []
+    peaks: dict[str, dict] = {}
     notes: list[str] = []
     started = time.perf_counter()
+    sections: dict[str, float] = {}
+    skip = bf16_skip_reason()
+    cpu_bf16 = skip is None or s.get("force_emulated_bf16", False)
+    s["bf16"] = {"native": skip is None, "forced_emulated": skip is not None and cpu_bf16,
+                 "cpu_rows_skipped": False, "reason": skip}
     for device in devices:
-        precisions = _precisions_for(device, requested_precisions)
+        precisions = _precisions_for(device, requested_precisions, cpu_bf16)
         s.setdefault("precisions", {})[device.type] = precisions
+        if device.type == "cpu" and skip is not None:
+            wanted = _precisions_for(device, requested_precisions, True)
+            if cpu_bf16:
+                notes.append(f"the CPU amp-bf16 rows were run with emulated bf16 "
+                             f"(--force-emulated-bf16): {skip}")
+            elif "amp-bf16" in wanted:
+                s["bf16"]["cpu_rows_skipped"] = True
+                notes.append(f"the CPU amp-bf16 rows were skipped: {skip}. "
+                             "`--force-emulated-bf16` runs them anyway")
+        t0 = time.perf_counter()
+        peaks[device.type] = measure_peak(device, s["peak_gemm"], tuple(s["peak_conv"]),
+                                          max(1, s["warmup"]), s["peak_repeats"], log)
+        sections[f"peak {device.type}"] = time.perf_counter() - t0
+        if s.get("stages", True):
+            for preset in s["presets"]:
+                log(f"{preset} on {device}: stages")
+                t0 = time.perf_counter()
+                stages += stage_rows(preset, device, s, log)
+                sections[f"stages {preset} {device.type}"] = time.perf_counter() - t0
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
         for preset in s["presets"]:
             log(f"{preset} on {device}: modules ({', '.join(precisions)})")
+            t0 = time.perf_counter()
             rows += module_rows(preset, device, precisions, s, log, notes)
+            sections[f"modules {preset} {device.type}"] = time.perf_counter() - t0
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         if s["e2e"]:
             for preset in s["presets"]:
                 log(f"{preset} on {device}: end to end")
+                t0 = time.perf_counter()
                 rows += e2e_rows(preset, device, precisions, s, log)
+                sections[f"e2e {preset} {device.type}"] = time.perf_counter() - t0
         if s["arch"]:
             for preset in s["presets"]:
                 log(f"{preset} on {device}: architectures {' '.join(s['archs'])}")
+                t0 = time.perf_counter()
                 archs += arch_rows(preset, device, s, log)
+                sections[f"architectures {preset} {device.type}"] = time.perf_counter() - t0
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+    long_video = None
+    if s.get("long_video", True) and any(d.type == "cpu" for d in devices):
+        log(f"long videos: T = {' '.join(map(str, s['long_video_frames']))}, "
+            f"{s['long_video_preset']}, {s['long_video_width']} x {s['long_video_height']}")
+        t0 = time.perf_counter()
+        long_video = long_video_section(s, log)
+        sections["long videos"] = time.perf_counter() - t0
     add_ratios(rows)
+    add_peak_fractions(stages, peaks)
     s["load_average_1min"]["end"] = load_average()
     s["seconds"] = round(time.perf_counter() - started, 1)
     first = next((r for r in rows if "padded_height" in r), {})
@@ -1012,10 +1758,15 @@ def run_benchmark(s: dict, devices: list, requested_precisions: list[str], log) 
     s["timing"] = ("CPU: time.perf_counter around each call; CUDA: CUDA events + "
                    "torch.cuda.synchronize; warm-up rounds then the median of the timed rounds, "
                    "functions interleaved within each round")
+    s["section_seconds"] = {k: round(v, 1) for k, v in sections.items()}
     machine = machine_info()
-    result = {"machine": machine, "settings": s, "notes": notes, "rows": rows}
+    result = {"machine": machine, "settings": s, "notes": notes, "rows": rows, "peak": peaks}
+    if stages:
+        result["stages"] = {"rows": stages}
     if archs:
         result["architectures"] = {"rows": archs, "ratios": arch_ratios(archs)}
+    if long_video is not None:
+        result["long_video"] = long_video
     return result
 
 
@@ -1033,6 +1784,10 @@ def _check_json_safe(obj):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.long_video_worker:
+        print(json.dumps(_check_json_safe(long_video_worker(json.loads(args.long_video_worker))),
+                         allow_nan=False), flush=True)
+        return 0
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -1059,15 +1814,23 @@ def main(argv: list[str] | None = None) -> int:
             log("no CUDA device: CPU only")
 
     old_threads = torch.get_num_threads()
+    old_env = os.environ.get(ALLOW_EMULATED_BF16_ENV)
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
         s["threads"] = torch.get_num_threads()
+        if args.force_emulated_bf16:
+            # InferenceCore (the end-to-end rows) would otherwise run emulated bf16 in float32
+            os.environ[ALLOW_EMULATED_BF16_ENV] = "1"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             result = run_benchmark(s, devices, args.precisions, log)
     finally:
         torch.set_num_threads(old_threads)
+        if old_env is None:
+            os.environ.pop(ALLOW_EMULATED_BF16_ENV, None)
+        else:
+            os.environ[ALLOW_EMULATED_BF16_ENV] = old_env
 
     result = _check_json_safe(result)
     for r in result["rows"]:
@@ -1086,6 +1849,26 @@ def main(argv: list[str] | None = None) -> int:
     for r in section.get("ratios", []):
         log(f"stcn/mivos per object    {r['preset']:6s} {r['device']:5s} {r['objects']}: "
             f"{_fmt(r['stcn_over_mivos'], 2)}")
+    for device, peak in result.get("peak", {}).items():
+        log(f"peak {device}: GEMM {_fmt(peak['gemm']['gflops'])} GFLOP/s, conv 3x3 "
+            f"{_fmt(peak['conv3x3']['gflops'])} GFLOP/s")
+    for r in result.get("stages", {}).get("rows", []):
+        extra = (f"  baseline/ours {_fmt(r['baseline_over_ours'], 2)}"
+                 if r.get("baseline_over_ours") else "")
+        if r.get("read_over_gemm"):
+            extra += f"  read/GEMM {_fmt(r['read_over_gemm'], 2)}"
+        log(f"stage {r['stage']:18s} {r['preset']:6s} {r['device']:5s} {r['objects']} obj "
+            f"{r['median_ms']:10.1f} ms {_fmt(r['gflops'])} GFLOP/s "
+            f"({_pct(r.get('frac_conv_peak'))} of conv peak){extra}")
+    for r in result.get("long_video", {}).get("rows", []):
+        if "error" in r:
+            log(f"long video T = {r['frames']}: FAILED {r['error']}")
+        else:
+            log(f"long video T = {r['frames']:<4d} {r['ms_per_frame']:10.1f} ms/frame, peak RSS "
+                f"{_fmt(r.get('peak_rss_mib'))} MiB")
+    log(f"benchmark: {result['settings']['seconds']:.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in result["settings"]["section_seconds"].items())
+        + ")")
     if args.json:
         _write_atomic(args.json, json.dumps(result, indent=1, allow_nan=False) + "\n")
         log(f"wrote {args.json}")
