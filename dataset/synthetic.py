@@ -50,8 +50,8 @@ Presets
   subset='val')`` runs on it.  1999 frames, mostly 854 x 480.
 * ``train-small``: 16 train + 4 val sequences of 30 frames, 240 x 432, 1-3 objects, 2
   scribble files each (smoke training).
-* ``train-quarter``: the same layout at 120 x 216, a quarter of DAVIS's 480p, for lite
-  networks, whose 96-px training crops are a quarter of the recipe's 384 (so crops show objects
+* ``train-quarter``: the same layout at 120 x 216, a quarter of DAVIS's 480p, with 48 train
+  videos (the first 16 have the layout of ``train-small``'s), for lite networks, whose 96-px training crops are a quarter of the recipe's 384 (so crops show objects
   at about the size they have in these frames, as the recipe's crops do on 480p).
 * ``static``: :func:`generate_static_pairs` (200 pairs of 256 x 256 by default), written as
   ``NNNNN.jpg`` + ``NNNNN.png`` (0/255 mask) directly under ``--out``.
@@ -103,6 +103,7 @@ __all__ = [
     "SequenceSpec",
     "SyntheticSequence",
     "draw_initial_scribbles",
+    "generate_instance_set",
     "generate_sequence",
     "generate_static_pair",
     "generate_static_pairs",
@@ -116,7 +117,8 @@ __all__ = [
 ]
 
 #: Bumped whenever the output for a given seed changes (invalidates completion markers).
-GENERATOR_VERSION = 1
+#: 2: objects cover 4-16 % of the frame (scaled down when there are 3 or more; 1.5-8 % in 1).
+GENERATOR_VERSION = 2
 
 PRESETS = ("tiny", "davis-val", "train-small", "train-quarter", "static")
 
@@ -127,6 +129,13 @@ IMAGESETS_DIR = Path("ImageSets") / "2017"
 MARKER_DIR = ".synthetic"
 MANIFEST = "synthetic.json"
 JPEG_QUALITY = 90
+
+#: Nominal object area as a fraction of the frame (before the shape's fill, the per-frame scale
+#: change, occlusion and clipping), scaled by min(1, 2.5 / (K + 0.5)) for K objects. With
+#: 120 x 216 frames the median visible object then covers about 3 % of the frame (1.3 % in
+#: version 1, whose many objects under 100 px were smaller than one cell of the networks'
+#: stride-16 feature grid).
+OBJECT_AREA = (0.04, 0.16)
 
 # Frame-0 visibility requirements for every object.
 _MIN_VISIBLE_FRACTION = 0.3
@@ -216,12 +225,13 @@ def _tiny_specs() -> list[SequenceSpec]:
     ]
 
 
-def _train_small_specs(seed: int, height: int = 240, width: int = 432) -> list[SequenceSpec]:
+def _train_small_specs(seed: int, height: int = 240, width: int = 432,
+                       train: int = 16) -> list[SequenceSpec]:
     rng = np.random.default_rng([seed, _salt("train-small-layout")])
     specs = []
-    for i in range(20):
-        subset = "train" if i < 16 else "val"
-        name = f"{subset}-{i if i < 16 else i - 16:03d}"
+    for i in range(train + 4):
+        subset = "train" if i < train else "val"
+        name = f"{subset}-{i if i < train else i - train:03d}"
         specs.append(SequenceSpec(name, 30, height, width, int(rng.integers(1, 4)), 2, subset))
     return specs
 
@@ -254,7 +264,7 @@ def preset_specs(preset: str, seed: int = 0) -> list[SequenceSpec]:
     if preset == "train-small":
         return _train_small_specs(seed)
     if preset == "train-quarter":
-        return _train_small_specs(seed, 120, 216)
+        return _train_small_specs(seed, 120, 216, train=48)
     raise ValueError(f"unknown video preset {preset!r} (expected tiny, davis-val, train-small, "
                      "train-quarter)")
 
@@ -710,7 +720,7 @@ def _build_scene(spec: SequenceSpec, seed_words: list[int], attempt: int) -> _Sc
     positions: list[np.ndarray] = []
     radii: list[float] = []
     for k in range(K):
-        area = rng.uniform(0.015, 0.08) * area_scale * H * W
+        area = rng.uniform(*OBJECT_AREA) * area_scale * H * W
         radius = math.sqrt(area / math.pi)
         sprites.append(_make_sprite(rng, radius, hues[k], (0.45, 0.95), (0.35, 1.0)))
         p = rng.random()
@@ -1098,6 +1108,70 @@ def generate_static_pairs(out_dir: str | os.PathLike, n: int, size: int | tuple[
     return stems
 
 
+#: the file name the LVIS loader looks for (``dataset.lvis_dataset``, ``<root>/lvis_v1_train.json``)
+INSTANCE_JSON = "lvis_v1_train.json"
+
+
+def _rle_counts(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE of a boolean mask: run lengths of the column-major pixel order,
+    starting with a (possibly empty) run of zeros."""
+    flat = np.asarray(mask, bool).T.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return runs if not flat[0] else [0] + runs
+
+
+def generate_instance_set(out_dir: str | os.PathLike, n: int, height: int, width: int,
+                          seed: int = 0, max_objects: int = 4) -> Path:
+    """Write ``n`` multi-object synthetic frames as a COCO/LVIS-format instance set in
+    ``out_dir``: ``NNNNN.jpg`` and :data:`INSTANCE_JSON` (one annotation per visible
+    object, uncompressed RLE, ``area`` in pixels). It is the generated stand-in of the LVIS
+    instances of S2M training (REFERENCE.md f.4): a target object among other objects and
+    object-like distractors, read through the real LVIS loader. Frame ``i`` is the first frame
+    of a sequence with ``1 + i % max_objects`` objects, seed words ``(seed, crc32('instances'),
+    i)``. A set written with the same parameters (recorded in the JSON) is kept; returns the
+    JSON path.
+    """
+    out = Path(out_dir)
+    json_path = out / INSTANCE_JSON
+    params = {"version": GENERATOR_VERSION, "seed": int(seed), "count": int(n),
+              "size": [int(height), int(width)], "max_objects": int(max_objects),
+              "jpeg_quality": JPEG_QUALITY}
+    if json_path.is_file():
+        try:
+            if json.loads(json_path.read_text()).get("synthetic_params") == params:
+                return json_path
+        except (OSError, ValueError):
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(int(n)):
+        spec = SequenceSpec(f"instances-{i:05d}", 1, int(height), int(width),
+                            1 + i % int(max_objects), 0, "train")
+        seq = generate_sequence(spec, [int(seed), _salt("instances"), i])
+        name = f"{i:05d}.jpg"
+        atomic_write_bytes(out / name, _encode_jpeg(seq.images[0]))
+        images.append({"id": i + 1, "file_name": name, "height": int(height),
+                       "width": int(width)})
+        for k in range(1, spec.num_objects + 1):
+            m = seq.masks[0] == k
+            area = int(m.sum())
+            if area == 0:
+                continue
+            ys, xs = np.nonzero(m)
+            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                    int(ys.max() - ys.min() + 1)]
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                "category_id": 1, "area": area, "bbox": bbox,
+                                "segmentation": {"size": [int(height), int(width)],
+                                                 "counts": _rle_counts(m)}})
+    _write_json(json_path, {"synthetic_params": params, "images": images,
+                            "annotations": annotations,
+                            "categories": [{"id": 1, "name": "object"}]})
+    return json_path
+
+
 # ============================================================================ davisinteractive
 
 
@@ -1285,7 +1359,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "               scribble counts: the unmodified DavisInteractiveSession(\n"
             "               davis_root=OUT, subset='val') runs on it (~2000 frames at 480p)\n"
             "  train-small  16 train + 4 val sequences, 30 frames, 240x432 (smoke training)\n"
-            "  train-quarter  the same at 120x216 (lite training at a quarter of 480p)\n"
+            "  train-quarter  48 train + 4 val sequences at 120x216 (lite training at a\n"
+            "               quarter of 480p)\n"
             "  static       image/mask pairs NNNNN.jpg + NNNNN.png (0/255) directly in OUT\n"))
     p.add_argument("--out", required=True, help="output root folder")
     p.add_argument("--preset", required=True, choices=PRESETS, help="what to generate")

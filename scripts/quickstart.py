@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training crop size (default: 96; --mini: 64)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="training batch size (default: the lite preset's 8; --mini: 2)")
+    p.add_argument("--s2m-instances", type=int, default=None,
+                   help="generated multi-object frames whose instances S2M trains on besides "
+                        "the static pairs, through the LVIS loader (train_s2m.py "
+                        "--synthetic-instances; the stand-in for LVIS; default: 400; --mini: 6)")
     p.add_argument("--val-sequences", type=int, default=None,
                    help="validation sequences (default: 10, many short ones so that the "
                         "intervals between rows are tighter; --mini: 2)")
@@ -165,6 +169,7 @@ def settings(args) -> dict:
         "train_preset": "tiny" if mini else "train-quarter",
         "static_count": 8 if mini else 200,
         "static_size": 64 if mini else 256,
+        "s2m_instances": pick(args.s2m_instances, 400, 6),
         "crop_size": pick(args.crop_size, 96, 64),
         "batch_size": pick(args.batch_size, None, 2),
         "num_workers": pick(args.num_workers, 2, 0),
@@ -470,7 +475,8 @@ def _main(args) -> int:
          lambda: step_data(cfg, paths, args.seed)),
         ("s2m", paths.s2m.is_file,
          lambda: run_trainer("train_s2m", common + train_dir(paths.s2m) + save_every(it["s2m"])
-                             + ["--iterations", str(it["s2m"])], paths.s2m)),
+                             + ["--iterations", str(it["s2m"]),
+                                "--synthetic-instances", str(cfg["s2m_instances"])], paths.s2m)),
         ("prop_s0", paths.prop_s0.is_file,
          lambda: run_trainer("train_prop", common + train_dir(paths.prop_s0)
                              + save_every(it["prop_s0"])

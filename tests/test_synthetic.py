@@ -270,10 +270,12 @@ def test_davis_val_preset_mirrors_official_tables(tmp_path):
 
 def test_train_quarter_is_train_small_at_a_quarter_of_480p():
     small, quarter = S.preset_specs("train-small", 3), S.preset_specs("train-quarter", 3)
-    assert [(q.name, q.num_objects, q.subset, q.num_frames) for q in quarter] == [
-        (s.name, s.num_objects, s.subset, s.num_frames) for s in small]
+    # the first 16 train videos have train-small's layout; then 32 more, then the 4 val
+    assert [(q.name, q.num_objects, q.subset, q.num_frames) for q in quarter[:16]] == [
+        (s.name, s.num_objects, s.subset, s.num_frames) for s in small[:16]]
     assert {(q.height, q.width) for q in quarter} == {(120, 216)}
-    assert sum(q.subset == "train" for q in quarter) == 16
+    assert sum(q.subset == "train" for q in quarter) == 48
+    assert [q.name for q in quarter if q.subset == "val"] == [f"val-{i:03d}" for i in range(4)]
     with pytest.raises(ValueError, match="train-quarter"):
         S.preset_specs("quarter")
 

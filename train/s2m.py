@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from dataset.lvis_dataset import LVISS2MDataset
+from dataset.lvis_dataset import EXTRA_MIN_AREA, TARGET_MIN_AREA, LVISInstances, LVISS2MDataset
 from dataset.static_dataset import S2MDataset
+from dataset.synthetic import INSTANCE_JSON, generate_instance_set, preset_specs
 from model.aggregate import aggregate
 from model.checkpoint import deeplab_s2m, imagenet_resnet, load_weights
 from model.losses import BootstrappedCE, compute_iou
@@ -50,6 +51,7 @@ from util.trainer import (
     StepOutput,
     TrainingParts,
     TrainTask,
+    on_main_first,
     run_training,
     sync_batchnorm,
 )
@@ -85,6 +87,12 @@ class S2MTrainConfig(TrainConfig):
                                 "train2017 / val2017)", metavar="DIR")
     lvis_json: str | None = opt(None, "the LVIS annotation JSON (default "
                                 "<lvis-root>/lvis_v1_train.json)", metavar="FILE")
+    synthetic_instances: int = opt(0, "with --data synthetic: also generate this many "
+                                   "multi-object frames (the --synthetic-preset's frame size) as "
+                                   "an LVIS-format instance set and train on its instances "
+                                   "through the LVIS loader, the stand-in for LVIS (area "
+                                   "thresholds 50x50 / 30x30 scaled from a 640x480 image to the "
+                                   "frame); 0: static pairs only", metavar="N")
 
     STAGES: ClassVar[dict[str, str]] = {"main": "main"}
     DEFAULT_STAGE: ClassVar[str] = "main"
@@ -123,6 +131,10 @@ def build_dataset(cfg: S2MTrainConfig, info: DistInfo) -> Dataset:
                               "(or --data synthetic)")
     static = S2MDataset(roots, repeats, size=cfg.crop_size, seed=cfg.seed,
                         empty_prob=cfg.empty_prob, robot_prob=cfg.robot_prob)
+    if cfg.data == "synthetic" and cfg.synthetic_instances > 0:
+        lvis = synthetic_instance_dataset(cfg, info, index_offset=len(static))
+        logger.info("S2M data: %d static + %d synthetic instances", len(static), len(lvis))
+        return ConcatDataset([static, lvis])
     if cfg.lvis_root is None:
         if cfg.lvis_json is not None:
             raise ConfigError("--lvis-json needs --lvis-root (the COCO image folder)")
@@ -133,6 +145,34 @@ def build_dataset(cfg: S2MTrainConfig, info: DistInfo) -> Dataset:
                           index_offset=len(static))
     logger.info("S2M data: %d static + %d LVIS samples", len(static), len(lvis))
     return ConcatDataset([static, lvis])
+
+
+
+#: the image area the LVIS thresholds (50 x 50 target, 30 x 30 extras) are meant for
+LVIS_REFERENCE_AREA = 640 * 480
+
+
+def synthetic_instance_dataset(cfg: S2MTrainConfig, info: DistInfo,
+                               index_offset: int = 0) -> LVISS2MDataset:
+    """``cfg.synthetic_instances`` generated multi-object frames (cached under
+    ``<synthetic root>/instances``) through the LVIS loader, at the video preset's frame size,
+    with the LVIS area thresholds scaled to that frame."""
+    spec = preset_specs(cfg.synthetic_preset, cfg.seed)[0]
+    root = Path(cfg.synthetic_root()) / "instances"
+    json_path = root / INSTANCE_JSON
+
+    def make() -> None:
+        logger.info("synthetic instances: %d frames of %d x %d in %s", cfg.synthetic_instances,
+                    spec.height, spec.width, root)
+        generate_instance_set(root, cfg.synthetic_instances, spec.height, spec.width, cfg.seed)
+
+    on_main_first(info, make)
+    ratio = spec.height * spec.width / LVIS_REFERENCE_AREA
+    index = LVISInstances(root, json_path, target_min_area=TARGET_MIN_AREA * ratio,
+                          extra_min_area=EXTRA_MIN_AREA * ratio)
+    return LVISS2MDataset(index=index, size=cfg.crop_size, seed=cfg.seed,
+                          empty_prob=cfg.empty_prob, robot_prob=cfg.robot_prob,
+                          index_offset=index_offset)
 
 
 # ============================================================================ initialisation
