@@ -18,15 +18,15 @@ at 480p by default (854 x 480, zero-padded to 864 x 480 as every network input i
 Architectures side by side (JSON ``architectures``, its own Markdown section; ``--arch``):
 for each propagation architecture (``mivos``: the STM-style network; ``stcn``: the MiVOS-STCN
 network, REFERENCE.md j) and K = 1, 2 and 4 objects (``--arch-objects``), an
-:class:`InferenceCore` interaction on the first frame of the end-to-end clip propagated forward
-(no fusion; each architecture's defaults: top-k 50 and the previous frame as temporary memory
+:class:`InferenceCore` interaction on the first frame of a clip of ``--arch-frames`` frames
+(default 6) propagated forward (no fusion; each architecture's defaults: top-k 50 and the previous frame as temporary memory
 for mivos, top-k 20 and no temporary memory for stcn), fp32. Rows: ms per frame and ms per
 frame per object; ``ratios``: stcn / mivos of the per-object cost at each K, and of the marginal
 cost of one more object ((ms per frame at the largest K - at the smallest K) / (K difference)).
 STCN's keys do not depend on the masks, so one key encoding and one affinity per frame serve
 every object, and an object adds only a value encoding (ResNet-18), its read and its decoder.
-The variants run interleaved within each round (at least one warm-up round, then
-``--arch-repeats`` rounds, median).
+The variants run interleaved within each round (at least one warm-up round on the first 3
+frames, then ``--arch-repeats`` rounds, median).
 
 Machine peak (JSON ``peak``): an fp32 GEMM (``--peak-gemm``, default 2048 x 2048 x 2048) and a
 3x3 convolution (``--peak-conv``, default 256 -> 256 channels at 60 x 108) timed with the run's
@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import math
 import os
@@ -118,11 +119,13 @@ DEFAULT_INFERENCE_MEMORY_JSON = ROOT / "docs" / "inference_memory.json"
 
 FULL_DEFAULTS = dict(height=480, width=854, memory_frames=10, presets=["mivos", "lite"],
                      repeats=5, warmup=1, e2e_frames=10, e2e_objects=2, e2e_repeats=1,
-                     arch_repeats=3, stage_repeats=3, peak_gemm=2048, peak_conv=[256, 60, 108],
+                     arch_repeats=3, arch_frames=6, stage_repeats=3, peak_gemm=2048,
+                     peak_conv=[256, 60, 108],
                      peak_repeats=5, long_video_frames=[20, 60, 200], long_video_preset="lite")
 QUICK_DEFAULTS = dict(height=128, width=224, memory_frames=3, presets=["lite"],
                       repeats=1, warmup=0, e2e_frames=4, e2e_objects=2, e2e_repeats=1,
-                      arch_repeats=2, stage_repeats=1, peak_gemm=1024, peak_conv=[128, 30, 54],
+                      arch_repeats=2, arch_frames=4, stage_repeats=1, peak_gemm=1024,
+                      peak_conv=[128, 30, 54],
                       peak_repeats=2, long_video_frames=[4, 8], long_video_preset="lite")
 #: objects of the read + decode and fusion stage rows
 STAGE_OBJECTS = (1, 2, 4)
@@ -613,9 +616,10 @@ def e2e_rows(preset: str, device, precisions: list[str], s: dict, log) -> list[d
 def arch_rows(preset: str, device, s: dict, log) -> list[dict]:
     """Per-object cost of multi-object propagation for each architecture of ``s["archs"]``
     (see the module docstring): one row per (architecture, K)."""
-    n, h, w = s["e2e_frames"], s["height"], s["width"]
+    n, h, w = s.get("arch_frames") or s["e2e_frames"], s["height"], s["width"]
     frames = _clip(n, h, w)
     fns: dict[str, Callable[[], object]] = {}
+    warm: dict[str, Callable[[], object]] = {}
     configs = {}
     nets = {}
     for arch in s["archs"]:
@@ -624,15 +628,19 @@ def arch_rows(preset: str, device, s: dict, log) -> list[dict]:
         configs[arch] = InferenceConfig.for_arch(arch, fusion="none")
     for k in s["arch_objects"]:  # architectures interleaved at each K
         for arch in s["archs"]:
-            def run(net=nets[arch], cfg=configs[arch], k=k):
-                core = InferenceCore(net, None, frames, num_objects=k, config=cfg, device=device)
+            def run(net=nets[arch], cfg=configs[arch], k=k, clip=frames):
+                core = InferenceCore(net, None, clip, num_objects=k, config=cfg, device=device)
                 return core.interact(_label_map(h, w, k), 0)
 
             fns[f"{arch}/{k}"] = run
-    warmup = max(1, s["warmup"])  # the first calls of a network pay one-time costs
-    log(f"  architectures {preset} on {device.type}: {len(fns)} runs x ({warmup} warm-up + "
-        f"{s['arch_repeats']} timed) rounds")
-    res = run_rounds(fns, Meter(device), warmup, s["arch_repeats"], log)
+            warm[f"{arch}/{k}"] = functools.partial(run, clip=frames[:min(3, n)])
+    # the first calls of a network pay one-time costs: warm-up rounds on a 3-frame clip
+    warmup = max(1, s["warmup"])
+    log(f"  architectures {preset} on {device.type}: {len(fns)} runs x ({warmup} warm-up on 3 "
+        f"frames + {s['arch_repeats']} timed on {n}) rounds")
+    meter = Meter(device)
+    run_rounds(warm, meter, 0, warmup, log)
+    res = run_rounds(fns, meter, 0, s["arch_repeats"], log)
     rows = []
     for arch in s["archs"]:
         for k in s["arch_objects"]:
@@ -1582,6 +1590,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="object counts of the comparison (default: 1 2 4)")
     p.add_argument("--arch-repeats", type=int,
                    help="timed rounds of the comparison, median reported (default 3; --quick 2)")
+    p.add_argument("--arch-frames", type=int,
+                   help="frames of the comparison's clip (default 6; --quick 4)")
     p.add_argument("--no-arch", action="store_true",
                    help="skip the architecture comparison")
     p.add_argument("--stage-objects", nargs="+", type=int, default=list(STAGE_OBJECTS),
@@ -1644,6 +1654,7 @@ def _settings(args, argv) -> dict:
     s["long_video_frames"] = sorted(set(s["long_video_frames"]))
     for key in ("height", "width", "memory_frames", "repeats", "e2e_frames", "e2e_objects",
                 "e2e_repeats", "arch_repeats", "stage_repeats", "peak_gemm", "peak_repeats",
+                "arch_frames",
                 "long_video_height", "long_video_width"):
         if s[key] < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1")
@@ -1657,6 +1668,8 @@ def _settings(args, argv) -> dict:
         raise SystemExit("--warmup must be >= 0")
     if s["e2e_frames"] < 3:
         raise SystemExit("--e2e-frames must be >= 3 (one pass each way)")
+    if s["arch_frames"] < 2:
+        raise SystemExit("--arch-frames must be >= 2")
     if min(s["arch_objects"]) < 1:
         raise SystemExit("--arch-objects must be >= 1")
     return s

@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -51,6 +51,7 @@ from inference.davis_interactive import (
 from inference.inference_core import InferenceConfig
 from model.checkpoint import load_weights
 from model.presets import DEFAULT_ARCH, build_fusion, build_propagation, build_s2m
+from util.amp import resolve_amp
 from util.cli import add_config_arguments, config_from_args, given
 from util.errors import InputError, MissingInputError, report, require_output_dir
 from util.fingerprint import make_fingerprint, weights_entry
@@ -112,6 +113,16 @@ def eval_config(args: argparse.Namespace) -> DavisEvalConfig:
     return config_from_args(DavisEvalConfig, args, base)
 
 
+def resolve_precision(config: DavisEvalConfig, device: torch.device | str) -> DavisEvalConfig:
+    """``config`` with ``--amp`` as it runs on ``device``: unchanged, or float32 (None) with a
+    warning where the CPU would emulate it (:func:`util.amp.resolve_amp`), so that the run
+    fingerprint records the precision used (the spelling is kept: ``"bfloat16"``)."""
+    amp = config.inference.amp
+    if amp is None or resolve_amp(amp, device, what="eval_davis_interactive.py --amp"):
+        return config
+    return replace(config, inference=replace(config.inference, amp=None))
+
+
 def checkpoint_paths(args, config: DavisEvalConfig | None = None) -> dict[str, str | None]:
     """The weight file of every network this run uses (None with --random-weights); a missing
     file is bad input naming the option."""
@@ -137,7 +148,8 @@ def checkpoint_paths(args, config: DavisEvalConfig | None = None) -> dict[str, s
 
 def run_fingerprint(args, config: DavisEvalConfig) -> dict:
     """Every setting that changes the results, resolved (the architecture included, as
-    ``inference.arch``), and the hash of each weight file.
+    ``inference.arch``; ``inference.amp`` as :func:`resolve_precision` leaves it), and the hash
+    of each weight file.
 
     Not included: --output, --device, --save-masks, --restart, -v (they do not change scores).
     """
@@ -197,6 +209,7 @@ def _main(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = eval_config(args)
     config.inference.validate()
+    config = resolve_precision(config, device)
     require_output_dir(config.output)
     check_davis_root(config.davis_root, config.subset)
 

@@ -26,8 +26,9 @@ Outputs (under --output OUT; every file is written atomically):
   OUT/fingerprint.json  the run fingerprint (util.fingerprint): every option that changes the
                       masks (dataset, root, split, --davis-res, --youtube-frames, --size,
                       --preset, --arch, --top-k, --mem-every, --include-last, --mem-anchor,
-                      --km-sigma, --amp, generic --masks/--gt) and the SHA-256 of the
-                      --prop-model file (or the --random-weights seed)
+                      --km-sigma, --amp as used: float32 where the CPU would emulate it,
+                      generic --masks/--gt) and the SHA-256 of the --prop-model file (or the
+                      --random-weights seed)
   OUT/.done/<seq>.json  completion marker, written after the sequence's last PNG
 
 Resuming: a rerun with the same fingerprint skips the sequences whose marker is present and
@@ -101,9 +102,9 @@ from dataset.eval_datasets import (
 from inference.semi_vos import SemiVOSConfig, SemiVOSPropagator
 from model.checkpoint import load_weights
 from model.presets import DEFAULT_ARCH, build_propagation
-from util.amp import long_amp_name
-from util.device import resolve_device
+from util.amp import long_amp_name, resolve_amp
 from util.cli import add_config_arguments, config_from_args, given
+from util.device import resolve_device
 from util.errors import InputError, error_line, require_output_dir
 from util.fileio import atomic_save_json
 from util.fingerprint import (
@@ -242,6 +243,15 @@ def semi_config(args: argparse.Namespace) -> SemiVOSConfig:
     (:meth:`SemiVOSConfig.for_arch`) with the options given on the command line."""
     base = SemiVOSConfig.for_arch(given(args, "arch", DEFAULT_ARCH))
     return config_from_args(SemiVOSConfig, args, base)
+
+
+def resolve_precision(args: argparse.Namespace, device: torch.device | str) -> None:
+    """Set ``args.amp`` (in place) to the precision used on ``device``: unchanged, or float32
+    (None) with a warning where the CPU would emulate it (:func:`util.amp.resolve_amp`), so
+    that the run fingerprint, ``run_info.json`` and the propagator all see the one used."""
+    amp = getattr(args, "amp", None)
+    if amp is not None and resolve_amp(amp, device, what="eval_semi_vos.py --amp") is None:
+        args.amp = None
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -807,6 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not args.score_only:
+        resolve_precision(args, device)
     size = args.size if args.size is not None else DEFAULT_SIZE[args.dataset]
     out_root = Path(args.output)
 

@@ -70,7 +70,12 @@ def _build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--memory-budget", type=int, default=None,
                      help="max affinity elements per chunk of the memory read")
     inf.add_argument("--frame-cache", type=int, default=64, help="decoded frames cached")
-    inf.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    inf.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                     help="autocast the networks in bfloat16 or float16 (default: float32). On a "
+                          "CPU without native bf16 (AVX512_BF16 or AMX; fp16: AVX512_FP16 or "
+                          "AMX_FP16) it would be emulated many times slower, so it falls back "
+                          "to float32 with a warning; MIVOS_ALLOW_EMULATED_BF16=1 "
+                          "(MIVOS_ALLOW_EMULATED_FP16=1) keeps it")
     ui = p.add_argument_group("interface")
     ui.add_argument("--overlay", choices=OVERLAY_MODES, default="davis", help="overlay mode")
     ui.add_argument("--zoom", type=float, default=None, help="initial zoom (default: fit ~640 px)")
@@ -92,11 +97,13 @@ def _settings(args: argparse.Namespace):
 
     from gui.controller import SessionSettings
     from inference.arch import defaults_for
-    from util.amp import long_amp_name
+    from util.amp import long_amp_name, resolve_amp
 
     arch = defaults_for(args.arch)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    amp = long_amp_name(args.amp)
+    # the precision used on this device (float32 where the CPU would emulate --amp), which the
+    # session file records
+    amp = long_amp_name(resolve_amp(args.amp, device, what="interactive_gui.py --amp"))
     return SessionSettings(
         arch=args.arch, preset=args.preset, s2m_model=args.s2m_model,
         prop_model=args.prop_model or f"saves/{arch.prop_model}",

@@ -111,7 +111,7 @@ class SessionSettings:
     image_cache: int = 64
     feature_cache_mb: float = 1024.0
     memory_budget: int | None = None
-    amp: str | None = None
+    amp: str | None = None  # util.amp; the core runs float32 where the CPU would emulate it
     frame_cache: int = 64  # decoded frames kept by the lazy reader
     click_radius: int = 5  # disk radius of a click (working pixels)
     brush_radius: int = 3  # default free-hand brush radius (working pixels)

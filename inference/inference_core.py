@@ -57,7 +57,7 @@ from inference.engine import PropagationEngine, frame_sequence
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
 from model.presets import PROPAGATION_ARCHS, check_arch
-from util.amp import canonical_amp
+from util.amp import canonical_amp, resolve_amp
 from util.amp import long_amp_name as _long_amp_name
 from util.cli import cli_field
 from util.config import parse_top_k
@@ -121,7 +121,10 @@ class InferenceConfig:
         None, "max affinity elements per chunk of the memory read (None = read default)",
         cli=False)
     amp: str | None = cli_field(
-        None, "autocast the networks in bfloat16 (bf16) or float16 (fp16); in code: None, "
+        None, "autocast the networks in bfloat16 (bf16) or float16 (fp16); on a CPU without "
+        "native bf16 (AVX512_BF16 or AMX; fp16: AVX512_FP16 or AMX_FP16) it would be emulated "
+        "many times slower, so it falls back to float32 with a warning "
+        "(MIVOS_ALLOW_EMULATED_BF16=1 / MIVOS_ALLOW_EMULATED_FP16=1 keeps it); in code: None, "
         "'bf16' / 'bfloat16' or 'fp16' / 'float16' (util.amp)",
         parse=long_amp_name, metavar="{bf16,fp16}", default_text="float32")
     arch: str = cli_field(
@@ -168,8 +171,12 @@ class InferenceCore:
             architecture's defaults, :meth:`InferenceConfig.for_arch`).
         device: where the networks run.
         storage_device: where probabilities live (default: ``device``).
+        allow_emulated: keep ``config.amp`` on a CPU that would emulate its dtype (default:
+            the environment variable ``MIVOS_ALLOW_EMULATED_BF16`` / ``_FP16``); otherwise
+            such a core runs in float32 with a warning (:func:`util.amp.resolve_amp`).
 
-    The options of ``config`` are read when the core is built (its engine keeps them).
+    The options of ``config`` are read when the core is built (its engine keeps them). The
+    autocast mode actually used is ``amp`` (canonical name, None = float32).
     """
 
     def __init__(
@@ -181,6 +188,8 @@ class InferenceCore:
         config: InferenceConfig | None = None,
         device: torch.device | str = "cpu",
         storage_device: torch.device | str | None = None,
+        *,
+        allow_emulated: bool | None = None,
     ):
         self.config = config or InferenceConfig.for_arch(arch_of(prop_net))
         self.config.validate()
@@ -200,9 +209,12 @@ class InferenceCore:
         self.frames, self.num_frames, self.height, self.width = frame_sequence(images)
         self.k = num_objects
         cfg = self.config
+        # the precision actually used: float32 where this CPU would emulate cfg.amp
+        self.amp = resolve_amp(cfg.amp, self.device, allow_emulated=allow_emulated,
+                               what="InferenceCore")
         self.engine = PropagationEngine(
             prop_net, (self.height, self.width), self.device, self.frames, top_k=cfg.top_k,
-            memory_budget=cfg.memory_budget, amp=cfg.amp, mem_every=cfg.mem_every,
+            memory_budget=cfg.memory_budget, amp=self.amp, mem_every=cfg.mem_every,
             include_last=cfg.include_last, image_cache=cfg.image_cache,
             feature_cache_mb=cfg.feature_cache_mb,
         )

@@ -88,7 +88,7 @@ from inference.inference_core import positive_int
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
 from model.presets import PROPAGATION_ARCHS, check_arch
-from util.amp import AMP_DTYPES, canonical_amp
+from util.amp import AMP_DTYPES, canonical_amp, resolve_amp
 from util.cli import cli_field
 from util.config import parse_top_k
 from util.tensor_util import pad_divide_by, unpad
@@ -112,7 +112,8 @@ class SemiVOSConfig:
             counted from the last annotated frame (``mem_anchor="start"``) or from frame 0.
         include_last: keep the previous frame as temporary memory.
         amp: autocast dtype for the network calls (:mod:`util.amp`): None, ``"bf16"`` or
-            ``"fp16"`` (``"bfloat16"`` / ``"float16"`` too).
+            ``"fp16"`` (``"bfloat16"`` / ``"float16"`` too). On a CPU that would emulate it,
+            the propagator runs in float32 with a warning (:func:`util.amp.resolve_amp`).
         record_memory: attach the memory layout used for each frame to its
             :class:`FrameResult` (for tests and debugging).
         km_sigma: kernelized memory read (sigma in stride-16 grid units; the original used 5.6
@@ -135,7 +136,10 @@ class SemiVOSConfig:
         "permanent frames (STCN)", default_text=arch_default_text("include_last"),
         group="inference")
     amp: str | None = cli_field(
-        None, "autocast the networks in bfloat16 (bf16) or float16 (fp16)",
+        None, "autocast the networks in bfloat16 (bf16) or float16 (fp16); on a CPU without "
+        "native bf16 (AVX512_BF16 or AMX; fp16: AVX512_FP16 or AMX_FP16) it would be emulated "
+        "many times slower, so it falls back to float32 with a warning "
+        "(MIVOS_ALLOW_EMULATED_BF16=1 / MIVOS_ALLOW_EMULATED_FP16=1 keeps it)",
         choices=("bf16", "fp16"), default_text="float32", group="inference")
     record_memory: bool = cli_field(
         False, "attach each frame's memory layout to its result", cli=False)
@@ -216,6 +220,11 @@ class SemiVOSPropagator:
         config: :class:`SemiVOSConfig` of the network's architecture (default: that
             architecture's defaults, :meth:`SemiVOSConfig.for_arch`).
         device: where the network runs (the network is moved there).
+        allow_emulated: keep ``config.amp`` on a CPU that would emulate its dtype (default:
+            the environment variable ``MIVOS_ALLOW_EMULATED_BF16`` / ``_FP16``); otherwise
+            the propagator runs in float32 with a warning (:func:`util.amp.resolve_amp`).
+
+    The autocast mode actually used is ``amp`` (canonical name, None = float32).
     """
 
     def __init__(
@@ -223,6 +232,8 @@ class SemiVOSPropagator:
         prop_net: torch.nn.Module,
         config: SemiVOSConfig | None = None,
         device: torch.device | str = "cpu",
+        *,
+        allow_emulated: bool | None = None,
     ) -> None:
         self.config = config or SemiVOSConfig.for_arch(arch_of(prop_net))
         self.config.validate()
@@ -233,6 +244,9 @@ class SemiVOSPropagator:
                 f"({arch_of(prop_net)!r}, ...) (on the command line: --arch)")
         self.device = torch.device(device)
         self.prop_net = prop_net.to(self.device).eval()
+        # the precision actually used: float32 where this CPU would emulate config.amp
+        self.amp = resolve_amp(self.config.amp, self.device, allow_emulated=allow_emulated,
+                               what="SemiVOSPropagator")
 
     # ------------------------------------------------------------------ helpers
     def _engine(self, hw: tuple[int, int]) -> PropagationEngine:
@@ -241,7 +255,7 @@ class SemiVOSPropagator:
         frame's are kept (STCN memorises a frame with its query key and f16)."""
         cfg = self.config
         return PropagationEngine(self.prop_net, hw, self.device, top_k=cfg.top_k,
-                                 km_sigma=cfg.km_sigma, amp=cfg.amp, mem_every=cfg.mem_every,
+                                 km_sigma=cfg.km_sigma, amp=self.amp, mem_every=cfg.mem_every,
                                  include_last=cfg.include_last, mem_anchor=cfg.mem_anchor,
                                  image_cache=1, feature_cache_mb=0)
 

@@ -3,9 +3,10 @@ synthetic data, and two pieces of the training forwards.
 
 * :class:`TrainConfig`: the fields of every trainer (data, optimisation, initialisation,
   resuming, run control) with their help texts, the lite training defaults (:meth:`lite`) and
-  the resolved ``--amp auto``. Each network's module in ``train/`` subclasses it with its stage
-  presets (REFERENCE.md f.0-f.4: Adam with weight decay 1e-7, MultiStepLR with gamma 0.1
-  stepped every iteration, bootstrapped CE with top_p 0.15; batch sizes per process);
+  the resolved ``--amp`` (``auto``, and a bf16 / fp16 that the CPU would emulate). Each
+  network's module in ``train/`` subclasses it with its stage presets (REFERENCE.md f.0-f.4:
+  Adam with weight decay 1e-7, MultiStepLR with gamma 0.1 stepped every iteration,
+  bootstrapped CE with top_p 0.15; batch sizes per process);
 * :data:`STATIC_SUBDIRS` / :data:`STATIC_REPEATS`: the static image sets under
   ``<data-root>/static`` (S2M and propagation stage 0);
 * :func:`synthetic_static_root` / :func:`synthetic_video_root`: generated data for
@@ -29,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from dataset.synthetic import generate_static_pairs, write_dataset
-from util.amp import AMP_FLAG_CHOICES, auto_amp
+from util.amp import AMP_FLAG_CHOICES, auto_amp, resolve_amp
 from util.config import ConfigError, StagedConfig, opt
 from util.trainer import DistInfo, on_main_first
 
@@ -119,8 +120,11 @@ class TrainConfig(StagedConfig):
     amp: str = opt("none", "mixed precision: none, bf16 (autocast) or fp16 (autocast + "
                    "GradScaler on CUDA); auto = fp16 on CUDA, bf16 on a CPU with native bf16 "
                    "(AVX512_BF16 or AMX), else none (decided for the --device; the resolved "
-                   "mode is what config.json records). The MiVOS reference trains in fp32, "
-                   "STCN with AMP", choices=AMP_FLAG_CHOICES)
+                   "mode is what config.json records). On a CPU without native bf16 (fp16: "
+                   "AVX512_FP16 or AMX_FP16) an explicit bf16 (fp16) would be emulated many "
+                   "times slower, so it falls back to none with a warning; "
+                   "MIVOS_ALLOW_EMULATED_BF16=1 (_FP16=1) keeps it. The MiVOS reference trains "
+                   "in fp32, STCN with AMP", choices=AMP_FLAG_CHOICES)
 
     # ---- initialisation / resuming
     load: str | None = opt(None, "load network weights only (previous stage or official "
@@ -186,13 +190,18 @@ class TrainConfig(StagedConfig):
         return ("lr_steps", "start_warm", "end_warm")
 
     def resolved(self: C) -> C:
-        """``--amp auto`` replaced by what it means on ``--device`` (:func:`util.amp.auto_amp`;
-        float32 is spelled ``"none"``), so that ``config.json`` records the mode used."""
-        if self.amp != "auto":
-            return self
-        mode = auto_amp(self.device) or "none"
-        logger.info("--amp auto on %s: %s", self.device or "the default device", mode)
-        return replace(self, amp=mode)
+        """``--amp`` replaced by the mode used on ``--device`` (float32 is spelled ``"none"``),
+        so that ``config.json`` records it: ``auto`` by :func:`util.amp.auto_amp`; an explicit
+        bf16 / fp16 that a CPU would emulate falls back to ``"none"`` with a warning
+        (:func:`util.amp.resolve_amp`; ``MIVOS_ALLOW_EMULATED_BF16=1`` keeps it)."""
+        if self.amp == "auto":
+            mode = auto_amp(self.device) or "none"
+            logger.info("--amp auto on %s: %s", self.device or "the default device", mode)
+            return replace(self, amp=mode)
+        if self.amp in ("bf16", "fp16") and resolve_amp(
+                self.amp, self.device, what="training") is None:
+            return replace(self, amp="none")
+        return self
 
     def summary(self) -> str:
         """One line describing the optimisation schedule (for logs)."""
