@@ -251,7 +251,9 @@ def test_objects_enter_late_with_their_own_memory(lite_net):
 
 
 @pytest.mark.parametrize("top_k,amp", [(None, None), (50, "bf16")])
-def test_full_softmax_and_autocast(lite_net, top_k, amp):
+def test_full_softmax_and_autocast(lite_net, top_k, amp, monkeypatch):
+    # bf16 is what is tested: keep it on CPUs that would emulate it (util.amp.resolve_amp)
+    monkeypatch.setenv("MIVOS_ALLOW_EMULATED_BF16", "1")
     frames, labels = _video(4)
     prop = SemiVOSPropagator(lite_net, SemiVOSConfig(top_k=top_k, amp=amp))
     out = list(prop.propagate(frames, {0: labels[0]}, 2))
