@@ -687,7 +687,8 @@ def arch_ratios(rows: list[dict]) -> list[dict]:
             out.append({"preset": preset, "device": device, "objects": f"marginal {lo}->{hi}",
                         "mivos_ms_per_frame_per_object": mm,
                         "stcn_ms_per_frame_per_object": sm,
-                        "stcn_over_mivos": sm / mm if mm > 0 else None})
+                        # a marginal cost at or below 0 is timing noise: no ratio
+                        "stcn_over_mivos": sm / mm if mm > 0 and sm > 0 else None})
     return out
 
 

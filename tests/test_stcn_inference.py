@@ -441,6 +441,9 @@ def test_benchmark_architecture_rows():
     ratios = benchmark.arch_ratios(rows)
     assert [r["objects"] for r in ratios] == [1, 2, "marginal 1->2"]
     assert all(r["stcn_over_mivos"] is None or r["stcn_over_mivos"] > 0 for r in ratios)
+    # a marginal cost that timing noise made negative gives no ratio
+    noisy = [dict(r, ms_per_frame=10.0 if r["objects"] == 1 else 9.0) for r in rows]
+    assert benchmark.arch_ratios(noisy)[-1]["stcn_over_mivos"] is None
     md = "\n".join(benchmark._arch_markdown({"rows": rows, "ratios": ratios}))
     assert "cost per object, MiVOS and STCN" in md and "stcn / mivos" in md
     args = benchmark.build_parser().parse_args(["--quick", "--arch", "stcn"])
