@@ -2,7 +2,11 @@
 
 Keys and values are kept per object (the memory encoder sees each object's own mask), in
 growable buffers laid out position-major (``K x capacity*h*w x C``), so adding a frame is a copy
-into pre-allocated space and reading is a view: nothing is concatenated per query frame.
+into pre-allocated space and reading is a view: nothing is concatenated per query frame. The
+values are sized to the frames they hold (their buffer grows by exactly the frames added, and is
+not allocated ahead): the top-k read gathers value rows from one ``(K*N) x CV`` block, which the
+visible values then are, so no read copies them; a grown buffer is copied once per added frame
+(in a pass: once per permanent frame, as the temporary slot is rewritten in place).
 
 * permanent entries: the interacted frames (copied in from the video's permanent memory) and the
   frames memorised every ``mem_every`` frames during the pass;
@@ -16,7 +20,11 @@ A bank can also record which video frame each entry came from (``permanent_frame
 
 Shared keys (``shared_key=True``, the STCN layout, REFERENCE.md j.2): keys do not depend on the
 objects, so the bank holds one key row per frame (``1 x capacity*h*w x CK``) beside the
-per-object values (``K x capacity*h*w x CV``); adding objects grows only the values.
+per-object values; adding objects grows only the values. The values are laid out
+``capacity*h*w x K x CV`` (position-major, the objects inside a position): the network reads all
+K objects with one affinity by stacking their values along the channel axis, and the read needs
+them as one ``N x (K*CV)`` block of rows, which the visible part of this buffer is (a view:
+nothing is copied per query frame), so these values are allocated ahead like the keys.
 """
 
 from __future__ import annotations
@@ -33,7 +41,10 @@ class MemoryBank:
         self._capacity_frames = max(int(initial_capacity), 1)
         self.shared_key = shared_key
         self._keys: torch.Tensor | None = None  # K (shared_key: 1) x cap*hw x CK
-        self._values: torch.Tensor | None = None  # K x cap*hw x CV
+        # K x value_frames*hw x CV; with shared keys cap*hw x K x CV (see the module docstring)
+        self._values: torch.Tensor | None = None
+        self._value_frames = 0  # frames the value buffer holds room for
+        self._obj_axis = 1 if shared_key else 0  # the object axis of ``_values``
         self._hw: tuple[int, int] | None = None
         self._num_objects = num_objects
         self.num_permanent = 0
@@ -54,7 +65,24 @@ class MemoryBank:
     @property
     def num_objects(self) -> int | None:
         """Rows (objects) of every entry: as stored, or as declared when the bank is empty."""
-        return self._values.shape[0] if self._values is not None else self._num_objects
+        if self._values is not None:
+            return self._values.shape[self._obj_axis]
+        return self._num_objects
+
+    def _new_values(self, num_objects: int, positions: int, cv: int,
+                    like: torch.Tensor) -> torch.Tensor:
+        """An empty value buffer in this bank's layout."""
+        if self.shared_key:
+            return like.new_empty(positions, num_objects, cv)
+        return like.new_empty(num_objects, positions, cv)
+
+    def _value_rows(self, start: int, stop: int, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Positions start..stop of a value buffer (default: the bank's) as K x n x CV (a
+        view)."""
+        values = self._values if values is None else values
+        if self.shared_key:
+            return values[start:stop].transpose(0, 1)
+        return values[:, start:stop]
 
     def _ensure(self, key: torch.Tensor, value: torch.Tensor, frames_needed: int) -> None:
         kk, ck, h, w = key.shape
@@ -70,28 +98,37 @@ class MemoryBank:
             self._hw = (h, w)
             cap = max(self._capacity_frames, frames_needed)
             self._keys = key.new_empty(kk, cap * h * w, ck)
-            self._values = value.new_empty(k, cap * h * w, cv)
             self._capacity_frames = cap
+            self._value_frames = self._value_room(frames_needed)
+            self._values = self._new_values(k, self._value_frames * h * w, cv, value)
             return
-        if (h, w) != self._hw or k != self._values.shape[0] or ck != self._keys.shape[2]:
+        if (h, w) != self._hw or k != self.num_objects or ck != self._keys.shape[2]:
             raise ValueError(
                 f"memory entry of shape {tuple(key.shape)} does not match the bank "
-                f"(objects {self._values.shape[0]}, key dim {self._keys.shape[2]}, grid {self._hw})"
+                f"(objects {self.num_objects}, key dim {self._keys.shape[2]}, grid {self._hw})"
             )
+        used = self.num_frames * h * w
         if frames_needed > self._capacity_frames:
             cap = max(frames_needed, 2 * self._capacity_frames)
-            used = self.num_frames * h * w
             new_keys = self._keys.new_empty(kk, cap * h * w, ck)
-            new_values = self._values.new_empty(k, cap * h * w, cv)
             new_keys[:, :used] = self._keys[:, :used]
-            new_values[:, :used] = self._values[:, :used]
-            self._keys, self._values, self._capacity_frames = new_keys, new_values, cap
+            self._keys, self._capacity_frames = new_keys, cap
+        if frames_needed > self._value_frames:
+            room = self._value_room(frames_needed)
+            new_values = self._new_values(k, room * h * w, cv, self._values)
+            self._value_rows(0, used, new_values).copy_(self._value_rows(0, used))
+            self._values, self._value_frames = new_values, room
+
+    def _value_room(self, frames_needed: int) -> int:
+        """Frames of a (re)allocated value buffer: exactly those needed for per-object values
+        (so that the visible values are one block), the key capacity with shared keys."""
+        return self._capacity_frames if self.shared_key else frames_needed
 
     def _write(self, slot: int, key: torch.Tensor, value: torch.Tensor) -> None:
         hw = key.shape[-2] * key.shape[-1]
         # K x C x h x w -> K x hw x C
         self._keys[:, slot * hw:(slot + 1) * hw] = key.flatten(2).transpose(1, 2)
-        self._values[:, slot * hw:(slot + 1) * hw] = value.flatten(2).transpose(1, 2)
+        self._value_rows(slot * hw, (slot + 1) * hw).copy_(value.flatten(2).transpose(1, 2))
 
     # ------------------------------------------------------------------ writing
     def add_permanent(self, key: torch.Tensor, value: torch.Tensor, frame: int | None = None) -> None:
@@ -137,13 +174,14 @@ class MemoryBank:
         hw = self._hw[0] * self._hw[1]
         used = self.num_permanent * hw
         kk, _, ck = self._keys.shape
-        k, _, cv = self._values.shape
         cap = other._capacity_frames
         other._hw = self._hw
         other._keys = self._keys.new_empty(kk, cap * hw, ck)
-        other._values = self._values.new_empty(k, cap * hw, cv)
+        other._value_frames = other._value_room(self.num_permanent)
+        other._values = self._new_values(self.num_objects, other._value_frames * hw,
+                                         self._values.shape[2], self._values)
         other._keys[:, :used] = self._keys[:, :used]
-        other._values[:, :used] = self._values[:, :used]
+        other._value_rows(0, used).copy_(self._value_rows(0, used))
         other.num_permanent = self.num_permanent
         return other
 
@@ -162,17 +200,20 @@ class MemoryBank:
         used = self.num_permanent * hw
         new_v = value.flatten(2).transpose(1, 2)  # K_new x (T*hw) x CV, T-major order
         cap = self._capacity_frames
-        values = self._values.new_empty(self._values.shape[0] + value.shape[0], cap * hw,
-                                        self._values.shape[2])
-        values[: self._values.shape[0], :used] = self._values[:, :used]
-        values[self._values.shape[0]:, :used] = new_v
+        old_k = self.num_objects
+        room = self._value_frames if self.shared_key else self.num_permanent
+        values = self._new_values(old_k + value.shape[0], room * hw, self._values.shape[2],
+                                  self._values)
+        rows = self._value_rows(0, used, values)  # K_all x used x CV view of the new buffer
+        rows[:old_k] = self._value_rows(0, used)
+        rows[old_k:] = new_v
         if not self.shared_key:
             new_k = key.flatten(2).transpose(1, 2)  # K_new x (T*hw) x CK
             keys = self._keys.new_empty(values.shape[0], cap * hw, self._keys.shape[2])
             keys[: self._keys.shape[0], :used] = self._keys[:, :used]
             keys[self._keys.shape[0]:, :used] = new_k
             self._keys = keys
-        self._values = values
+        self._values, self._value_frames = values, room
         self.clear_temporary()
 
     # ------------------------------------------------------------------ reading
@@ -183,7 +224,7 @@ class MemoryBank:
             raise RuntimeError("the memory bank is empty")
         hw = self._hw[0] * self._hw[1]
         n = self.num_frames * hw
-        return self._keys[:, :n].transpose(1, 2), self._values[:, :n].transpose(1, 2)
+        return self._keys[:, :n].transpose(1, 2), self._value_rows(0, n).transpose(1, 2)
 
     def frame_tensors(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Key K x CK x h x w (1 x CK x h x w with shared keys) and value K x CV x h x w of one
@@ -193,5 +234,5 @@ class MemoryBank:
         h, w = self._hw
         hw = h * w
         k = self._keys[:, index * hw:(index + 1) * hw].transpose(1, 2)
-        v = self._values[:, index * hw:(index + 1) * hw].transpose(1, 2)
+        v = self._value_rows(index * hw, (index + 1) * hw).transpose(1, 2)
         return k.reshape(k.shape[0], k.shape[1], h, w), v.reshape(v.shape[0], v.shape[1], h, w)

@@ -432,7 +432,13 @@ class STCNNetwork(nn.Module):
                 f"{tuple(mem_value.shape)}")
         b, _, h, w = query_key.shape
         nb, k, cv = mem_value.shape[:3]
-        values = mem_value.flatten(start_dim=3).reshape(nb, k * cv, -1)  # objects -> channels
+        # objects -> channels; a view for the inference memory bank, whose values are laid out
+        # N x K x CV, so the top-k read gathers (K*CV)-wide rows without copying them
+        values = mem_value.flatten(start_dim=3).reshape(nb, k * cv, -1)
+        if top_k is None and k > 1:
+            # the dense product reads several objects' values as one contiguous block, as it
+            # always has (the layout of an operand can change the rounding of the product)
+            values = values.contiguous()
         readout = read_memory(
             mem_key.flatten(start_dim=2),
             values,

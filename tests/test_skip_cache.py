@@ -1,9 +1,11 @@
-"""The decoder's skip-branch outputs are cached with the query features of a frame.
+"""Propagation without repeated work: the decoder's skip outputs cached with the query features
+of a frame, memory reads that copy no values.
 
-They depend only on the frame, so the engine computes them the first time a frame is segmented
-and keeps them in the frame's cache entry (in place of f8 / f4); later passes over the frame
-(fusion passes, later interactions, several memory banks) decode without running the skip
-convolutions again. Results are bit-identical to decoding without the cache.
+The skip branches depend only on the frame, so the engine computes them the first time a frame
+is segmented and keeps them in the frame's cache entry (in place of f8 / f4); later passes over
+the frame (fusion passes, later interactions, several memory banks) decode without running the
+skip convolutions again. The memory bank's values are read as views (MiVOS: object by object;
+STCN: all objects' values as one block of rows). Results are bit-identical to the plain paths.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from inference.engine import PropagationEngine, _nbytes
 from inference.inference_core import InferenceConfig, InferenceCore
+from inference.memory_bank import MemoryBank
 from model.presets import build_fusion, build_propagation
 
 H, W = 40, 56  # not multiples of 16
@@ -196,3 +199,87 @@ def test_bounded_cache_stays_within_its_budget_with_the_skips(nets):
     assert calls[1] > 0  # evicted frames are encoded and decoded again
     plain, _ = session(nets, cache=False)
     assert torch.equal(core.prob, plain.prob)
+
+
+def filled_bank(shared_key: bool, k=3, frames=5, ck=8, cv=16, h=3, w=4, seed=0):
+    """A bank of random entries (capacity larger than used: its rows are views of a buffer)."""
+    gen = torch.Generator().manual_seed(seed)
+    bank = MemoryBank(initial_capacity=frames + 3, shared_key=shared_key)
+    for t in range(frames):
+        key = torch.randn(1 if shared_key else k, ck, h, w, generator=gen)
+        bank.add_permanent(key, torch.randn(k, cv, h, w, generator=gen), t)
+    return bank
+
+
+def rows_of_read(bank: MemoryBank) -> torch.Tensor:
+    """The value rows a top-k read of ``bank`` gathers from, as the network forms them
+    (MiVOS: B x CV x N -> (B*N) x CV; STCN: the objects stacked along the channels,
+    N x (K*CV)), without asking for a copy."""
+    _, values = bank.read_tensors()  # K x CV x N
+    if bank.shared_key:
+        stacked = values.unsqueeze(0).flatten(start_dim=3).reshape(1, -1, values.shape[2])
+        return stacked.transpose(1, 2).reshape(-1, stacked.shape[1])
+    return values.transpose(1, 2).reshape(-1, values.shape[1])
+
+
+def test_per_object_bank_values_are_one_block_of_rows():
+    """Per-object values are sized to their frames: the K objects' visible values are one
+    (K*N) x CV block (the top-k read copies nothing) through a pass's writes, and every entry
+    keeps its content."""
+    gen = torch.Generator().manual_seed(0)
+    bank = filled_bank(shared_key=False)  # 5 permanent frames, 3 objects
+    entries = [bank.frame_tensors(i) for i in range(5)]
+    entries = [(k.clone(), v.clone()) for k, v in entries]
+
+    def check():
+        rows = rows_of_read(bank)
+        assert rows.data_ptr() == bank._values.data_ptr()  # a view of the buffer
+        for i, (k, v) in enumerate(entries):
+            got_k, got_v = bank.frame_tensors(i)
+            assert torch.equal(got_k, k) and torch.equal(got_v, v)
+
+    check()
+    pass_bank = bank.copy()
+    for t in range(5, 13):  # a pass: the previous frame as temporary, every 5th permanent
+        key = torch.randn(3, 8, 3, 4, generator=gen)
+        value = torch.randn(3, 16, 3, 4, generator=gen)
+        if t % 5 == 0:
+            pass_bank.add_permanent(key, value, t)
+        else:
+            pass_bank.set_temporary(key, value, t)
+        rows = rows_of_read(pass_bank)
+        assert rows.data_ptr() == pass_bank._values.data_ptr()
+        assert torch.equal(pass_bank.frame_tensors(pass_bank.num_frames - 1)[1], value)
+    check()  # the copy left the original alone
+    new = torch.randn(2, 16, 5, 3, 4, generator=gen)
+    bank.add_objects(torch.randn(2, 8, 5, 3, 4, generator=gen), new)
+    assert rows_of_read(bank).data_ptr() == bank._values.data_ptr()
+    for i, (_, v) in enumerate(entries):
+        assert torch.equal(bank.frame_tensors(i)[1][:3], v)
+        assert torch.equal(bank.frame_tensors(i)[1][3:], new[:, :, i])
+
+
+def test_stcn_bank_values_are_one_block_of_rows():
+    """Shared-key banks lay values out position-major (N x K x CV): the network's stacked
+    (K*CV) x N view of all objects is a view, and add_objects / copy / frame_tensors keep the
+    entries."""
+    bank = filled_bank(shared_key=True)
+    rows = rows_of_read(bank)
+    assert rows.shape == (5 * 12, 3 * 16) and rows.data_ptr() == bank._values.data_ptr()
+    before = [bank.frame_tensors(i)[1].clone() for i in range(5)]
+    copy = bank.copy()
+    gen = torch.Generator().manual_seed(1)
+    new = torch.randn(2, 16, 5, 3, 4, generator=gen)
+    bank.add_objects(torch.zeros(2, 8, 5, 3, 4), new)
+    assert bank.num_objects == 5 and copy.num_objects == 3
+    for i in range(5):
+        assert torch.equal(bank.frame_tensors(i)[1][:3], before[i])
+        assert torch.equal(bank.frame_tensors(i)[1][3:], new[:, :, i])
+        assert torch.equal(copy.frame_tensors(i)[1], before[i])
+    # growing past the capacity keeps the entries too
+    for t in range(5, 12):
+        bank.add_permanent(torch.randn(1, 8, 3, 4, generator=gen),
+                           torch.full((5, 16, 3, 4), float(t)), t)
+    assert bank.num_frames == 12
+    assert torch.equal(bank.frame_tensors(2)[1][:3], before[2])
+    assert bank.frame_tensors(11)[1].unique().tolist() == [11.0]
