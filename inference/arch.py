@@ -113,11 +113,28 @@ def arch_of(net: torch.nn.Module) -> str:
 
 
 class _Adapter:
-    """What both adapters share: the network and the decoder's skip branches."""
+    """What both adapters share: the network, the decoder's skip branches, the encoders."""
+
+    #: the network's image encoders (the modules :meth:`encoders_channels_last` converts)
+    ENCODERS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, net: torch.nn.Module) -> None:
         self.net = net
         self._with_skips = getattr(net, "with_decoder_skips", None)
+
+    def encoders_channels_last(self) -> list[str]:
+        """Convert the network's image encoders (:attr:`ENCODERS`) to channels-last memory
+        format, in place; returns the names converted. Their convolutions then run on
+        channels-last tensors, which is faster on some CPUs but rounds differently from the
+        default layout (logits move by about 1e-4), so it is an option, off by default
+        (``PropagationEngine(channels_last=True)``; docs/PROFILE.md has the measured ratios)."""
+        done = []
+        for name in self.ENCODERS:
+            module = getattr(self.net, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.to(memory_format=torch.channels_last)
+                done.append(name)
+        return done
 
     def decoder_features(self, query: Any) -> Any:
         """``query`` with the decoder's skip outputs (computed here once per frame), or
@@ -133,6 +150,7 @@ class MivosAdapter(_Adapter):
     arch: ClassVar[str] = "mivos"
     #: one key per object and frame
     shared_key: ClassVar[bool] = False
+    ENCODERS = ("rgb_encoder", "mask_rgb_encoder")
 
     def encode_query(self, image: torch.Tensor) -> Any:
         return self.net.encode_query(image)
@@ -160,6 +178,7 @@ class StcnAdapter(_Adapter):
     arch: ClassVar[str] = "stcn"
     #: one key per frame, shared by every object
     shared_key: ClassVar[bool] = True
+    ENCODERS = ("key_encoder", "value_encoder")
 
     def encode_query(self, image: torch.Tensor) -> Any:
         """The key encoder's outputs (key, key_comp value, f16, f8, f4)."""

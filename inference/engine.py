@@ -159,6 +159,9 @@ class PropagationEngine:
         image_cache: padded, normalised frames kept (0: none).
         feature_cache_mb: query features (with the decoder's skip outputs once a frame is
             segmented) kept for reuse (0: none).
+        channels_last: convert the network's image encoders to channels-last memory format (in
+            place, :meth:`inference.arch.MivosAdapter.encoders_channels_last`): faster on some
+            CPUs, but results differ from the default by rounding, so off by default.
     """
 
     def __init__(
@@ -177,9 +180,13 @@ class PropagationEngine:
         mem_anchor: str = "start",
         image_cache: int = 0,
         feature_cache_mb: float = 0.0,
+        channels_last: bool = False,
     ) -> None:
         self.prop_net = prop_net
         self.adapter = adapter_for(prop_net)
+        self.channels_last = channels_last
+        if channels_last:
+            self.adapter.encoders_channels_last()
         self.device = torch.device(device)
         self.frames = frames
         self.height, self.width = int(size[0]), int(size[1])

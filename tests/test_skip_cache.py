@@ -283,3 +283,33 @@ def test_stcn_bank_values_are_one_block_of_rows():
     assert bank.num_frames == 12
     assert torch.equal(bank.frame_tensors(2)[1][:3], before[2])
     assert bank.frame_tensors(11)[1].unique().tolist() == [11.0]
+
+
+def test_channels_last_encoders_are_an_option(nets):
+    """channels_last=True converts the image encoders in place (an option: it rounds
+    differently); the default leaves the network alone."""
+    import copy
+
+    prop, _ = nets
+    net = copy.deepcopy(prop)
+    frames = video(3)
+    PropagationEngine(net, (H, W), frames=frames)
+    names = ("rgb_encoder", "mask_rgb_encoder") if net.arch == "mivos" else (
+        "key_encoder", "value_encoder")
+    conv = getattr(net, names[0]).conv1.weight
+    assert conv.is_contiguous()  # default: untouched
+    engine = PropagationEngine(net, (H, W), frames=frames, channels_last=True)
+    for name in names:
+        weight = getattr(net, name).conv1.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[1] > 1
+    plain = PropagationEngine(prop, (H, W), frames=frames)
+    prob = torch.zeros(3, plain.ph, plain.pw)
+    prob[1, :16], prob[2, 16:32] = 1.0, 1.0
+    prob[0] = 1 - prob[1:].sum(0)
+    with torch.inference_mode():
+        results = []
+        for e in (plain, engine):
+            bank = e.new_bank()
+            e.memorise(0, prob, [bank], "permanent")
+            results.append(e.segment(1, [bank]))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-3)
