@@ -44,6 +44,7 @@ from inference.arch import defaults_for
 from inference.davis_interactive import (
     DavisEvalConfig,
     check_davis_root,
+    empty_scribble_rule,
     per_interaction_scores,
     plot_curve,
     run_davis_interactive,
@@ -155,6 +156,7 @@ def run_fingerprint(args, config: DavisEvalConfig) -> dict:
     """
     cfg = {k: v for k, v in asdict(config).items() if k not in ("output", "save_masks", "resume")}
     cfg["davis_root"] = str(Path(config.davis_root).resolve())
+    cfg["empty_scribble"] = empty_scribble_rule(config)  # the rule in force, however spelled
     cfg["preset"] = args.preset
     weights = {kind: weights_entry(path, random_seed=args.seed)
                for kind, path in checkpoint_paths(args, config).items()}

@@ -23,6 +23,13 @@ no labels there. (3) S2M's output is cropped to the image and the committed mask
 probability in the padding (every channel, background included, is zero there). (4) An empty
 robot scribble keeps the last scribbled frame and its mask; S2M does not run.
 
+The empty-scribble rule can be set on its own (``DavisEvalConfig.empty_scribble``,
+``--empty-scribble last-frame|keep``; default: the protocol's rule). The perfect-interaction
+row of the ablation (``oracle``) runs ``mivos`` with ``keep``: with the ground truth on the
+interacted frame the robot finds nothing to correct there and returns an empty scribble, and
+``last-frame`` would then move the perfect interaction to the last frame of the video (whose
+ground truth may be empty), so that row would measure the rule rather than the interaction.
+
 Timing: the session times each interaction from ``get_scribbles`` to ``submit_masks``. As in the
 original, every sequence is loaded before the session starts, so no disk I/O is timed; the
 bookkeeping of a finished sample (its report rows, its PNGs) is done between samples, outside
@@ -97,6 +104,13 @@ REPORT_COLUMNS = ["sequence", "scribble_idx", "interaction", "object_id", "frame
 
 PROTOCOLS = ("mivos", "corrected")
 
+#: what an empty robot scribble does (``DavisEvalConfig.empty_scribble``): the interaction falls
+#: on the last frame of the video, or stays on the last scribbled frame
+EMPTY_SCRIBBLE_RULES = ("last-frame", "keep")
+
+#: each protocol's own rule for an empty scribble
+PROTOCOL_EMPTY_SCRIBBLE = {"mivos": "last-frame", "corrected": "keep"}
+
 
 @dataclass
 class DavisEvalConfig:
@@ -126,6 +140,13 @@ class DavisEvalConfig:
         "(2) S2M inputs zero in the padding; (3) the committed mask has no probability in the "
         "padding; (4) an empty robot scribble keeps the last scribbled frame and its mask (S2M "
         "does not run)", choices=PROTOCOLS)
+    empty_scribble: str | None = cli_field(
+        None, "what an empty robot scribble does. last-frame: the interaction falls on the last "
+        "frame of the video (the original driver's rule); keep: it stays on the last scribbled "
+        "frame. The ablation's perfect-interaction row uses keep: with the ground truth on the "
+        "interacted frame the robot has nothing left to correct there, and last-frame would move "
+        "the perfect interaction to the last frame of the video", choices=EMPTY_SCRIBBLE_RULES,
+        default_text="the protocol's rule: mivos last-frame, corrected keep")
     save_masks: bool = cli_field(False, "write palette PNGs of every sample",
                                  action="store_true")
     resume: bool = cli_field(
@@ -169,6 +190,15 @@ def load_sequence(root: Path, seq: str) -> tuple[np.ndarray, np.ndarray]:
     return frames, gt
 
 
+def empty_scribble_rule(config: DavisEvalConfig) -> str:
+    """The empty-scribble rule in force: ``config.empty_scribble``, else the protocol's own
+    (:data:`PROTOCOL_EMPTY_SCRIBBLE`)."""
+    rule = config.empty_scribble or PROTOCOL_EMPTY_SCRIBBLE[config.protocol]
+    if rule not in EMPTY_SCRIBBLE_RULES:
+        raise ValueError(f"empty_scribble must be one of {EMPTY_SCRIBBLE_RULES}, got {rule!r}")
+    return rule
+
+
 class DavisSampleProcessor:
     """Our pipeline on one sample: S2M on the scribbled frame, propagation on schedule."""
 
@@ -187,13 +217,15 @@ class DavisSampleProcessor:
         self.last_frame: int | None = None
         self.h, self.w = frames.shape[1:3]
         self.padded = config.protocol == "mivos"
+        self.empty_rule = empty_scribble_rule(config)
 
     def rasterise(self, scribbles: dict) -> tuple[int, np.ndarray]:
         """(frame index, label map with -1 = no scribble) of the latest scribble.
 
-        ``mivos``: the map is at the padded size (``scribbles2mask`` given the padded size) and
-        an empty scribble falls on the last frame of the video. ``corrected``: the map is at the
-        image size and an empty scribble falls on the last scribbled frame.
+        ``mivos``: the map is at the padded size (``scribbles2mask`` given the padded size);
+        ``corrected``: at the image size. An empty scribble falls on the last frame of the video
+        (rule ``last-frame``, mivos's) or on the last scribbled frame (``keep``, corrected's;
+        :func:`empty_scribble_rule`).
         """
         ensure_compat()
         from davisinteractive.utils.scribbles import annotated_frames, scribbles2mask
@@ -201,7 +233,7 @@ class DavisSampleProcessor:
         size = (self.core.ph, self.core.pw) if self.padded else (self.h, self.w)
         frames = annotated_frames(scribbles)
         if not frames:
-            if self.padded:
+            if self.empty_rule == "last-frame":
                 t = len(scribbles["scribbles"]) - 1
             elif self.last_frame is None:
                 raise ValueError("the first scribble of a sample is empty")

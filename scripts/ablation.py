@@ -12,7 +12,14 @@ Rows (what changes between them):
 | top-k | top-k | none | S2M |
 | linear fusion | top-k | linear | S2M |
 | difference-aware fusion | top-k | diff | S2M |
-| perfect interaction | top-k | diff | ground truth |
+| perfect interaction | top-k | diff | ground truth (empty robot scribble: keep the frame) |
+
+Every row runs the evaluation's protocol (``--protocol``, default ``mivos``). The perfect
+interaction row adds ``--empty-scribble keep``: with the ground truth on the interacted frame
+the robot finds nothing to correct there and returns an empty scribble, which the original
+driver's rule (``last-frame``) would turn into a "perfect interaction" on the last frame of the
+video, whose ground truth may be empty; the row would then measure that rule, not the
+interaction. Pass ``-- --empty-scribble last-frame`` to run every row with the original rule.
 
 ``--arch mivos|stcn`` is passed to every evaluation: the propagation architecture, with its
 top-k (50 for mivos, 20 for stcn) and its default weight names.
@@ -51,7 +58,7 @@ ROWS = [
     ("topk", "top-k", ["--fusion", "none"]),
     ("linear", "linear fusion", ["--fusion", "linear"]),
     ("diff", "difference-aware fusion", ["--fusion", "diff"]),
-    ("oracle", "perfect interaction", ["--fusion", "diff", "--oracle"]),
+    ("oracle", "perfect interaction", ["--fusion", "diff", "--oracle", "--empty-scribble", "keep"]),
 ]
 
 
@@ -176,7 +183,8 @@ def ablation_fingerprint(args: argparse.Namespace, passthrough: list[str]) -> di
     from util.fingerprint import make_fingerprint, weights_entry
 
     config = {"davis": str(Path(args.davis).resolve()), "preset": args.preset, "arch": args.arch,
-              "evaluation_options": result_options(passthrough)}
+              "evaluation_options": result_options(passthrough),
+              "row_options": {key: flags for key, _, flags in ROWS}}
     weights = {kind: weights_entry(path) for kind, path in (
         ("s2m", args.s2m_model), ("propagation", args.prop_model),
         ("fusion", args.fusion_model)) if path}

@@ -51,7 +51,8 @@ def scribble_dict(t, strokes, num_frames=T):
     return {"scribbles": lists, "sequence": "constructed"}
 
 
-def make_processor(protocol, s2m, k=2, fusion="none", seed=0, top_k=50):
+def make_processor(protocol, s2m, k=2, fusion="none", seed=0, top_k=50, empty_scribble=None,
+                   oracle=False):
     torch.manual_seed(seed)
     prop = build_propagation("lite").eval()
     fusion_net = build_fusion("lite").eval() if fusion == "diff" else None
@@ -62,6 +63,7 @@ def make_processor(protocol, s2m, k=2, fusion="none", seed=0, top_k=50):
     if k > 1:
         gt[:, 22:38, 35:65] = 2
     config = DavisEvalConfig(davis_root="unused", output="unused", protocol=protocol,
+                             empty_scribble=empty_scribble, oracle=oracle,
                              inference=InferenceConfig(fusion=fusion, top_k=top_k))
     return DavisSampleProcessor(frames, gt, k, prop, fusion_net, s2m, config, torch.device("cpu"))
 
@@ -149,6 +151,51 @@ def test_empty_scribble_rule_of_each_protocol():
     masks, nxt = proc.step(empty)
     assert nxt == [2] and len(s2m.inputs) == 2  # kept the scribbled frame, no S2M
     assert np.array_equal(proc.core.get_mask(2), before)
+
+
+def test_empty_scribble_rule_set_on_its_own():
+    empty = {"scribbles": [[] for _ in range(T)], "sequence": "constructed"}
+    sc = scribble_dict(2, [stroke([(0.3, 0.3), (0.4, 0.4)], 1)])
+
+    # mivos arithmetic with keep: the interaction stays on frame 2, S2M runs there on the
+    # padded size with empty maps (mivos runs S2M on an empty scribble)
+    s2m = SpyS2M()
+    proc = make_processor("mivos", s2m, empty_scribble="keep")
+    proc.step(sc)
+    _, nxt = proc.step(empty)
+    assert nxt == [2] and len(s2m.inputs) == 4
+    assert s2m.inputs[-1].shape[-2:] == (48, 80) and s2m.inputs[-1][0, 4:].eq(0).all()
+
+    # corrected arithmetic with last-frame: the original's rule
+    s2m = SpyS2M()
+    proc = make_processor("corrected", s2m, empty_scribble="last-frame")
+    proc.step(sc)
+    _, nxt = proc.step(empty)
+    assert nxt == [T - 1]
+
+    with pytest.raises(ValueError, match="empty_scribble"):
+        make_processor("mivos", SpyS2M(), empty_scribble="first-frame")
+
+
+def test_perfect_interaction_keeps_its_frame_and_propagates_from_it():
+    # the ablation's oracle row: with the ground truth on frame 2 the robot's next scribbles
+    # are empty; keep propagates from frame 2 after the 3rd interaction, so every frame gets the
+    # object, while last-frame commits the last frame's ground truth and propagates from there
+    empty = {"scribbles": [[] for _ in range(T)], "sequence": "constructed"}
+    sc = scribble_dict(2, [stroke([(0.3, 0.3), (0.4, 0.4)], 1)])
+    results = {}
+    for rule in ("keep", "last-frame"):
+        proc = make_processor("mivos", None, empty_scribble=rule, oracle=True)
+        proc.gt[T - 1] = 0  # the objects have left the frame at the end
+        proc.step(sc)
+        proc.step(empty)
+        masks, nxt = proc.step(empty)
+        results[rule] = masks
+        assert nxt is None  # propagated
+    keep, last = results["keep"], results["last-frame"]
+    assert np.array_equal(keep[2], proc.gt[2])
+    assert (keep[T - 1] == 0).mean() < 1.0  # propagated from frame 2 to the end
+    assert (last[T - 1] == 0).all()  # the last frame's (empty) ground truth was committed
 
 
 def test_others_is_the_direct_sum_of_the_other_objects():
