@@ -187,15 +187,19 @@ class Setup:
         self.core.interact(self.labels2, self.fusion_frames - 1)
         return self.core.prob
 
-    def run(self, stage: str) -> tuple[float, Any]:
+    def run(self, stage: str) -> tuple[float, float, Any]:
+        """One run of a stage: wall-clock ms, CPU ms (all threads of the process), output."""
         torch = self.torch
         with torch.inference_mode():
+            cpu = time.process_time()
             start = time.perf_counter()
             out = getattr(self, stage)()
             ms = (time.perf_counter() - start) * 1000
-        if stage == "fusion_pass":
-            ms /= self.fusion_frames - 2  # frames fused
-        return ms, out
+            cpu_ms = (time.process_time() - cpu) * 1000
+        if stage == "fusion_pass":  # per fused frame
+            ms /= self.fusion_frames - 2
+            cpu_ms /= self.fusion_frames - 2
+        return ms, cpu_ms, out
 
     def profile(self, stage: str, rows: int) -> str:
         from torch.profiler import ProfilerActivity, profile
@@ -229,8 +233,8 @@ def worker_main(root: str, threads: int) -> None:
                                             cmd["fusion_frames"], cmd["channels_last"])
                 answer: dict[str, Any] = {"ok": True}
             elif cmd["cmd"] == "run":
-                ms, result = setups[cmd["name"]].run(cmd["stage"])
-                answer = {"ok": True, "ms": ms, "digest": _digest(result)}
+                ms, cpu_ms, result = setups[cmd["name"]].run(cmd["stage"])
+                answer = {"ok": True, "ms": ms, "cpu_ms": cpu_ms, "digest": _digest(result)}
                 if cmd.get("keep"):
                     path = Path(cmd["keep"])
                     torch.save(result.detach().float().cpu(), path)
@@ -369,6 +373,8 @@ def measure(config: dict, workers: dict[str, Worker], args: argparse.Namespace,
 
     times: dict[str, dict[str, list[float]]] = {v: {s: [] for s in VARIANT_STAGES[v]}
                                                 for v in workers}
+    cpu_times: dict[str, dict[str, list[float]]] = {v: {s: [] for s in VARIANT_STAGES[v]}
+                                                    for v in workers}
     digests: dict[str, dict[str, set[str]]] = {v: {s: set() for s in VARIANT_STAGES[v]}
                                                for v in workers}
     order = list(workers)
@@ -386,12 +392,15 @@ def measure(config: dict, workers: dict[str, Worker], args: argparse.Namespace,
                 digests[v][stage].add(answer["digest"])
                 if rep >= args.warmup:
                     times[v][stage].append(answer["ms"])
+                    cpu_times[v][stage].append(answer["cpu_ms"])
         log(f"  repetition {rep + 1}/{args.warmup + args.repeats} done")
     out = dict(config)
     out["ms"] = {v: {s: median(t) for s, t in st.items()} for v, st in times.items()}
     out["min_ms"] = {v: {s: min(t) if t else None for s, t in st.items()}
                      for v, st in times.items()}
+    out["cpu_ms"] = {v: {s: median(t) for s, t in st.items()} for v, st in cpu_times.items()}
     out["samples_ms"] = times
+    out["samples_cpu_ms"] = cpu_times
     out["identical_before_after"] = {
         s: digests["before"][s] == digests["after"][s] and len(digests["after"][s]) == 1
         for s in VARIANT_STAGES["before"]}
@@ -434,32 +443,37 @@ def markdown(results: dict) -> str:
                  f"fusion pass over {s['fusion_frames'] - 2} frames; medians of {s['repeats']} "
                  f"repetitions (after {s['warmup']} warm-up), variants interleaved.")
     lines.append("")
-    lines.append("Ratios > 1: the second variant is faster. 'min' ratios compare the fastest "
-                 "repetitions (noise only adds time).")
+    lines.append("Wall-clock ms: medians; ratios > 1: the second variant is faster. 'min': "
+                 "ratio of the fastest repetitions (noise only adds time); 'CPU': ratio of the "
+                 "median CPU times of the process (all threads; time spent descheduled by other "
+                 "jobs does not count).")
     lines.append("")
-    lines.append("| preset | arch | K | stage | before ms | after ms | before/after | "
-                 "before/after (min) | per-object loop ms | loop/after | loop/after (min) | "
-                 "identical |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| preset | arch | K | stage | before ms | after ms | before/after | (min) | "
+                 "(CPU) | per-object loop ms | loop/after | (min) | (CPU) | identical |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in results["configs"]:
-        ms, lo = c["ms"], c["min_ms"]
+        ms, lo, cpu = c["ms"], c["min_ms"], c["cpu_ms"]
         for stage in ("read_decode_first", "read_decode_again", "encode_memory",
                       "encode_query", "fusion_pass"):
             b, a = ms["before"].get(stage), ms["after"].get(stage)
             b_min, a_min = lo["before"].get(stage), lo["after"].get(stage)
-            loop = loop_min = None
+            b_cpu, a_cpu = cpu["before"].get(stage), cpu["after"].get(stage)
+            loop = loop_min = loop_cpu = None
             if stage.startswith("read_decode"):
-                loop, loop_min = ms["after"]["per_object_loop"], lo["after"]["per_object_loop"]
+                loop = ms["after"]["per_object_loop"]
+                loop_min = lo["after"]["per_object_loop"]
+                loop_cpu = cpu["after"]["per_object_loop"]
             same = "yes" if c["identical_before_after"].get(stage) else "NO"
             lines.append(f"| {c['preset']} | {c['arch']} | {c['objects']} | "
                          f"{STAGE_NAMES[stage]} | {fmt(b)} | {fmt(a)} | {ratio(b, a)} | "
-                         f"{ratio(b_min, a_min)} | {fmt(loop)} | {ratio(loop, a)} | "
-                         f"{ratio(loop_min, a_min)} | {same} |")
+                         f"{ratio(b_min, a_min)} | {ratio(b_cpu, a_cpu)} | {fmt(loop)} | "
+                         f"{ratio(loop, a)} | {ratio(loop_min, a_min)} | "
+                         f"{ratio(loop_cpu, a_cpu)} | {same} |")
     if any("cl" in c["ms"] for c in results["configs"]):
         lines.append("")
         lines.append("| preset | arch | K | stage | after ms | channels-last ms | "
-                     "after/channels-last | (min) | max abs diff of probabilities |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+                     "after/channels-last | (min) | (CPU) | max abs diff of probabilities |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for c in results["configs"]:
             if "cl" not in c["ms"]:
                 continue
@@ -467,9 +481,10 @@ def markdown(results: dict) -> str:
                 a, cl = c["ms"]["after"].get(stage), c["ms"]["cl"].get(stage)
                 a_min, cl_min = c["min_ms"]["after"].get(stage), c["min_ms"]["cl"].get(stage)
                 diff = c.get("cl_max_abs_diff", {}).get(stage)
+                a_cpu, cl_cpu = c["cpu_ms"]["after"].get(stage), c["cpu_ms"]["cl"].get(stage)
                 lines.append(f"| {c['preset']} | {c['arch']} | {c['objects']} | "
                              f"{STAGE_NAMES[stage]} | {fmt(a)} | {fmt(cl)} | {ratio(a, cl)} | "
-                             f"{ratio(a_min, cl_min)} | "
+                             f"{ratio(a_min, cl_min)} | {ratio(a_cpu, cl_cpu)} | "
                              f"{'-' if diff is None else f'{diff:.1e}'} |")
     if any(not c.get("loop_matches_engine") for c in results["configs"]):
         lines.append("")
