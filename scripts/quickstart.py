@@ -30,7 +30,8 @@ rows and rebuilds its table) and continues an interrupted one; a rerun with anot
 fingerprint stops with exit status 2 and names what differs; ``--restart`` deletes the earlier
 run's data, checkpoints, evaluations and report and starts over.
 
-The iteration counts (about 15 minutes of training on 2 CPU cores) are multiplied by
+The iteration counts (s2m 500, prop_s0 250, prop_s2 700, fusion 300: the whole job fits in
+20 minutes on 2 CPU cores, measured in ``docs/QUICKSTART_RESULTS.md``) are multiplied by
 ``--scale`` and can be set one by one. ``--mini`` is the CI variant: tiny data, a few
 iterations, 3 interactions, rows ``diff`` and ``oracle`` (well under 2 minutes).
 """
@@ -46,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # iteration counts of the full run (before --scale) and of --mini
-FULL_ITERATIONS = {"s2m": 400, "prop_s0": 250, "prop_s2": 500, "fusion": 300}
+FULL_ITERATIONS = {"s2m": 500, "prop_s0": 250, "prop_s2": 700, "fusion": 300}
 MINI_ITERATIONS = {"s2m": 2, "prop_s0": 2, "prop_s2": 2, "fusion": 2}
 ROW_KEYS = ("no_topk", "topk", "linear", "diff", "oracle")
 DEFAULT_ARCH = "stcn"
