@@ -350,6 +350,8 @@ def run_profile(args: argparse.Namespace) -> dict:
                                   fusion_frames=args.fusion_frames,
                                   channels_last=v == "cl")
                         results["configs"].append(measure(config, workers, args, tmp_path))
+                        if args.json:  # after each configuration: a stopped run keeps these
+                            args.json.write_text(json.dumps(results, indent=1, default=str))
                         if args.profile:
                             for v, w in workers.items():
                                 for stage in args.profile_stages:
