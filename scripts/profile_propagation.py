@@ -520,11 +520,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument("--profile-stages", nargs="+", choices=STAGES,
                    default=["read_decode_first", "read_decode_again"])
+    p.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                   help="only print the tables of earlier runs' JSON files (merged in order)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     args = p.parse_args(argv)
     if args.worker:
         worker_main(args.worker, args.threads)
+        return 0
+    if args.render:
+        runs = [json.loads(path.read_text()) for path in args.render]
+        results = dict(runs[0])
+        results["configs"] = [c for run in runs for c in run["configs"]]
+        results["machine_end"] = runs[-1].get("machine_end", runs[-1]["machine_start"])
+        results["profiles"] = []
+        print(markdown(results))
         return 0
     results = run_profile(args)
     text = markdown(results)
