@@ -297,7 +297,7 @@ def test_synthetic_instance_set_round_trips_through_the_loader(tmp_path):
         present = [k for k in range(1, spec.num_objects + 1) if (labels == k).any()]
         insts = by_image[i]
         assert len(insts) == len(present)
-        for inst, k in zip(insts, present):
+        for inst, k in zip(insts, present, strict=True):
             mask = index.mask(inst)
             assert np.array_equal(mask, labels == k)
             assert inst.area == mask.sum()

@@ -132,6 +132,9 @@ def build_dataset(cfg: S2MTrainConfig, info: DistInfo) -> Dataset:
     static = S2MDataset(roots, repeats, size=cfg.crop_size, seed=cfg.seed,
                         empty_prob=cfg.empty_prob, robot_prob=cfg.robot_prob)
     if cfg.data == "synthetic" and cfg.synthetic_instances > 0:
+        if cfg.lvis_root is not None:
+            raise ConfigError("give --synthetic-instances (generated instances) or --lvis-root "
+                              "(the real LVIS), not both")
         lvis = synthetic_instance_dataset(cfg, info, index_offset=len(static))
         logger.info("S2M data: %d static + %d synthetic instances", len(static), len(lvis))
         return ConcatDataset([static, lvis])
@@ -145,7 +148,6 @@ def build_dataset(cfg: S2MTrainConfig, info: DistInfo) -> Dataset:
                           index_offset=len(static))
     logger.info("S2M data: %d static + %d LVIS samples", len(static), len(lvis))
     return ConcatDataset([static, lvis])
-
 
 
 #: the image area the LVIS thresholds (50 x 50 target, 30 x 30 extras) are meant for
