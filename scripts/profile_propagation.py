@@ -412,8 +412,8 @@ def measure(config: dict, workers: dict[str, Worker], args: argparse.Namespace,
     if "cl" in workers:
         diffs = {}
         for stage in ("read_decode_first", "fusion_pass"):
-            a = torch.load(tmp / f"after_{stage}.pt")
-            b = torch.load(tmp / f"cl_{stage}.pt")
+            a = torch.load(tmp / f"after_{stage}.pt", weights_only=True)
+            b = torch.load(tmp / f"cl_{stage}.pt", weights_only=True)
             diffs[stage] = float((a - b).abs().max())
         out["cl_max_abs_diff"] = diffs
     return out
