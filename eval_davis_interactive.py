@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random initialisation (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own choice). The J&F does not "
+                        "depend on it; the measured times do")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     return p
 
@@ -197,7 +200,10 @@ def print_table(summary: dict, file=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluation: 0 on success, 2 for bad input (one line naming the file: data,
     checkpoints, an output path that is a file, or earlier results made with other settings)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error(f"--num-threads must be at least 1, got {args.num_threads}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -209,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
     config = eval_config(args)
     config.inference.validate()
     config = resolve_precision(config, device)

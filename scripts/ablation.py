@@ -160,7 +160,7 @@ def plot(results: dict[str, dict], labels: dict[str, str], path: Path) -> None:
 
 
 #: evaluation options that do not change a result (left out of the fingerprint)
-RUNTIME_FLAGS = {"--device": 1, "--save-masks": 0, "-v": 0, "--verbose": 0, "--restart": 0,
+RUNTIME_FLAGS = {"--device": 1, "--num-threads": 1, "--save-masks": 0, "-v": 0, "--verbose": 0, "--restart": 0,
                  "--no-resume": 0}
 
 
@@ -208,10 +208,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="propagation architecture passed to every evaluation (default: mivos)")
     p.add_argument("--rows", nargs="+", default=[r[0] for r in ROWS], choices=[r[0] for r in ROWS],
                    help="which rows to run (default: all)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="rows evaluated at the same time, each in its own process "
+                        "(default: 1, in this process). The robot, the metrics and the scribble "
+                        "rasterisation are single-threaded Python, so two rows with one torch "
+                        "thread each finish sooner than one row after the other with two. Results "
+                        "do not change (the J&F after each interaction is the same; the timings, "
+                        "hence AUC and J&F@60s, are those of the slower per-row run)")
+    p.add_argument("--threads-per-job", type=int, default=None,
+                   help="torch threads of each row's process with --jobs > 1 (default: the "
+                        "CPU count divided by --jobs, at least 1)")
     p.add_argument("--restart", action="store_true",
                    help="discard the earlier results of the rows run (needed when they were made "
                         "with other settings or weights) and start them over")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.threads_per_job is not None and args.threads_per_job < 1:
+        p.error(f"--threads-per-job must be at least 1, got {args.threads_per_job}")
 
     from util.errors import InputError, report
 
@@ -244,23 +258,32 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_fingerprint(out, fingerprint)
     labels = {key: label for key, label, _ in ROWS}
-    results: dict[str, dict] = {}
+    commands: dict[str, list[str]] = {}
     for key, label, flags in ROWS:
         if key not in args.rows:
             continue
-        row_out = out / key
-        cmd = ["--davis", args.davis, "--output", str(row_out), "--preset", args.preset,
+        cmd = ["--davis", args.davis, "--output", str(out / key), "--preset", args.preset,
                "--arch", args.arch, *flags]
         for flag, value in (("--s2m-model", args.s2m_model), ("--prop-model", args.prop_model),
                             ("--fusion-model", args.fusion_model)):
             if value:
                 cmd += [flag, value]
-        print(f"== {label}: eval_davis_interactive.py {' '.join(cmd + passthrough)}", flush=True)
-        rc = eval_davis_interactive.main(cmd + passthrough)
-        if rc != 0:
-            print(f"error: row {key!r} ({row_out}) stopped with exit status {rc}", file=sys.stderr)
-            return rc
-        results[key] = json.loads((row_out / "summary.json").read_text())
+        commands[key] = cmd + passthrough
+    if args.jobs > 1 and len(commands) > 1:
+        rc = _run_parallel(commands, labels, out, args.jobs, args.threads_per_job)
+    else:
+        rc = 0
+        for key, cmd in commands.items():
+            print(f"== {labels[key]}: eval_davis_interactive.py {' '.join(cmd)}", flush=True)
+            rc = eval_davis_interactive.main(cmd)
+            if rc != 0:
+                print(f"error: row {key!r} ({out / key}) stopped with exit status {rc}",
+                      file=sys.stderr)
+                break
+    if rc != 0:
+        return rc
+    results: dict[str, dict] = {key: json.loads((out / key / "summary.json").read_text())
+                                for key in commands}
 
     md = table(results, labels)
     ci_md, ci = intervals(out, list(results), labels)
@@ -276,6 +299,40 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     if ci_md:
         print(ci_md)
     return 0
+
+
+def _run_parallel(commands: dict[str, list[str]], labels: dict[str, str], out: Path,
+                  jobs: int, threads: int | None) -> int:
+    """Each row in its own ``eval_davis_interactive.py`` process, ``jobs`` at a time, with
+    ``threads`` torch threads each; a row's output goes to ``OUT/logs/<row>.log``. Returns the
+    first non-zero exit status (after every started row has finished), else 0."""
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    script = ROOT / "eval_davis_interactive.py"
+
+    def run(key: str) -> int:
+        cmd = [sys.executable, str(script), *commands[key], "--num-threads", str(threads)]
+        print(f"== {labels[key]} (process, {threads} thread(s), log {logs / key}.log): "
+              f"eval_davis_interactive.py {' '.join(commands[key])}", flush=True)
+        with open(logs / f"{key}.log", "w", encoding="utf-8") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        if rc != 0:
+            tail = (logs / f"{key}.log").read_text(encoding="utf-8").strip().splitlines()[-3:]
+            print(f"error: row {key!r} ({out / key}) stopped with exit status {rc}; last lines "
+                  f"of {logs / key}.log:\n  " + "\n  ".join(tail), file=sys.stderr)
+        else:
+            print(f"== {labels[key]}: done", flush=True)
+        return rc
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        codes = list(pool.map(run, list(commands)))
+    return next((rc for rc in codes if rc != 0), 0)
 
 
 if __name__ == "__main__":

@@ -298,3 +298,24 @@ def test_ablation_resume_contract(data, tmp_path, monkeypatch, capsys):
     assert _run_ablation(data, out, "prop_b.pth", "--restart") == 0
     assert np.isfinite(json.loads((out / "table5.json").read_text())["oracle"]["auc"])
 
+
+
+def test_ablation_parallel_rows_give_the_sequential_results(data, tmp_path, capsys):
+    """--jobs 2: each row in its own process with one thread; the J&F of every frame, object
+    and interaction is that of the rows run one after the other in this process."""
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    assert _run_ablation(data, seq) == 0
+    assert _run_ablation(data, par, "prop_a.pth", "--jobs", "2", "--threads-per-job", "1") == 0
+    for row in ("topk", "oracle"):
+        a = pd.read_csv(seq / row / "report.csv").drop(columns="timing")
+        b = pd.read_csv(par / row / "report.csv").drop(columns="timing")
+        pd.testing.assert_frame_equal(a, b)
+        assert (par / "logs" / f"{row}.log").is_file()
+    assert list(json.loads((par / "table5.json").read_text())) == ["topk", "oracle"]
+    # a row that fails names itself and its log, and the exit status is passed on
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    assert _run_ablation(data, bad, str(tmp_path / "corrupt.pth"), "--jobs", "2") == 2
+    err = capsys.readouterr().err
+    assert "row 'topk'" in err and str(bad / "logs" / "topk.log") in err
