@@ -14,17 +14,20 @@ interrupted one stopped; the trainers also resume from their last resumable chec
    scribbles), which the evaluation registers with the official ``davisinteractive`` tables.
    The lite crop (96) is a quarter of the recipe's 384, so the frames are a quarter of DAVIS
    480p: the crops then show objects at about their size in the evaluated frames;
-2. ``s2m``: the lite S2M network;
+2. ``s2m``: the lite S2M network (Adam LR ``--s2m-lr``, 4e-4 by default; bf16 autocast on a CPU
+   with native bf16);
 3. ``prop_s0`` / ``prop_s2``: the lite propagation network, static-image stage then video stage
    (loading the stage-0 weights);
 4. ``fusion``: the lite fusion network with the trained propagation network frozen;
 5. ``ablation``: ``scripts/ablation.py`` on the validation set (official robot and session,
-   8 interactions), every row of Table 5;
+   8 interactions), every row of Table 5, two rows at a time in their own processes
+   (``--ablation-jobs``; the J&F does not depend on it);
 6. ``report``: ``OUT/report.md`` with the table, the J&F-vs-time curves, an overlay grid of the
    difference-aware row's final masks, the final J&F and the time of every step.
 
 Resuming: ``OUT/fingerprint.json`` records the resolved settings of the run (everything below
-that changes a result; not ``--device``, ``--num-threads``, ``--num-workers``, ``--rows``). A
+that changes a result; not ``--device``, ``--num-threads``, ``--num-workers``, ``--rows``,
+``--ablation-jobs``). A
 rerun with the same fingerprint skips every finished step (the ablation skips its finished
 rows and rebuilds its table) and continues an interrupted one; a rerun with another
 fingerprint stops with exit status 2 and names what differs; ``--restart`` deletes the earlier
@@ -51,6 +54,9 @@ FULL_ITERATIONS = {"s2m": 500, "prop_s0": 250, "prop_s2": 700, "fusion": 300}
 MINI_ITERATIONS = {"s2m": 2, "prop_s0": 2, "prop_s2": 2, "fusion": 2}
 ROW_KEYS = ("no_topk", "topk", "linear", "diff", "oracle")
 DEFAULT_ARCH = "stcn"
+#: Adam LR of the lite S2M trained from random weights (the recipe's 1e-4 fine-tunes ImageNet
+#: weights)
+S2M_LR = 4e-4
 #: the training stage of the video step after the static stage, per architecture (STCN calls
 #: its "after static images only" stage s02; MiVOS's s2 preset is the same data and recipe)
 VIDEO_STAGE = {"mivos": "s2", "stcn": "s02"}
@@ -80,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam LR of both propagation stages. The recipe's 1e-5 fine-tunes "
                         "ImageNet-initialised encoders; the lite networks start from random "
                         "weights and barely move at 1e-5 in a few hundred iterations")
+    p.add_argument("--s2m-lr", type=float, default=S2M_LR,
+                   help=f"Adam LR of S2M (default: {S2M_LR:g}). The recipe's 1e-4 is for a "
+                        "ResNet-50 from ImageNet weights; the lite S2M starts from random weights "
+                        "and learns faster at this LR in the CPU budget (measured in "
+                        "docs/QUICKSTART_RESULTS.md)")
+    p.add_argument("--s2m-amp", choices=["none", "bf16", "auto"], default="auto",
+                   help="precision of the S2M training (train_s2m.py --amp; default: auto = "
+                        "bf16 autocast on a CPU with native bf16, fp32 elsewhere)")
+    p.add_argument("--ablation-jobs", type=int, default=None,
+                   help="ablation rows evaluated at the same time, each in its own process with "
+                        "--num-threads / jobs torch threads (scripts/ablation.py --jobs; the "
+                        "J&F after each interaction does not change; default: 2; --mini: 1)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader workers of the trainers (default: 2; --mini: 0)")
     p.add_argument("--crop-size", type=int, default=None,
@@ -91,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the static pairs, through the LVIS loader (train_s2m.py "
                         "--synthetic-instances; the stand-in for LVIS; default: 400; --mini: 6)")
     p.add_argument("--val-sequences", type=int, default=None,
-                   help="validation sequences (default: 10, many short ones so that the "
+                   help="validation sequences (default: 20, many short ones so that the "
                         "intervals between rows are tighter; --mini: 2)")
     p.add_argument("--val-frames", type=int, default=None,
                    help="frames per validation sequence (default: 16; --mini: 6-8)")
@@ -118,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: settings that do not change a result (left out of the fingerprint)
-RUNTIME_SETTINGS = ("num_workers", "rows")
+RUNTIME_SETTINGS = ("num_workers", "rows", "ablation_jobs")
 
 
 def run_fingerprint(args, cfg: dict) -> dict:
@@ -174,7 +192,10 @@ def settings(args) -> dict:
         "crop_size": pick(args.crop_size, 96, 64),
         "batch_size": pick(args.batch_size, None, 2),
         "num_workers": pick(args.num_workers, 2, 0),
-        "val_sequences": pick(args.val_sequences, 10, 2),
+        "ablation_jobs": pick(args.ablation_jobs, 2, 1),
+        "s2m_lr": args.s2m_lr,
+        "s2m_amp": args.s2m_amp,
+        "val_sequences": pick(args.val_sequences, 20, 2),
         "val_frames": pick(args.val_frames, 16, 6),
         "val_height": pick(args.val_height, 120, 48),
         "val_width": pick(args.val_width, 216, 64),
@@ -270,6 +291,8 @@ def step_ablation(cfg: dict, paths: Paths, args) -> None:
     argv = ["--davis", str(paths.val), "--output", str(paths.ablation), "--preset", "lite",
             "--s2m-model", str(paths.s2m), "--prop-model", str(paths.prop_s2),
             "--fusion-model", str(paths.fusion), "--arch", cfg["arch"], "--rows", *cfg["rows"],
+            "--jobs", str(cfg["ablation_jobs"]),
+            "--threads-per-job", str(max(1, args.num_threads // cfg["ablation_jobs"])),
             "--", "--device", args.device, "--max-interactions", str(cfg["max_interactions"]),
             "--save-masks"]
     rc = ablation.main(argv)
@@ -476,7 +499,8 @@ def _main(args) -> int:
          lambda: step_data(cfg, paths, args.seed)),
         ("s2m", paths.s2m.is_file,
          lambda: run_trainer("train_s2m", common + train_dir(paths.s2m) + save_every(it["s2m"])
-                             + ["--iterations", str(it["s2m"]),
+                             + ["--iterations", str(it["s2m"]), "--lr", str(cfg["s2m_lr"]),
+                                "--amp", cfg["s2m_amp"],
                                 "--synthetic-instances", str(cfg["s2m_instances"])], paths.s2m)),
         ("prop_s0", paths.prop_s0.is_file,
          lambda: run_trainer("train_prop", common + train_dir(paths.prop_s0)

@@ -99,6 +99,10 @@ def test_quickstart_mini_end_to_end_and_resume(tmp_path, capsys):
     assert report.is_file()
 
 
+def mini_jobs(quickstart) -> int:
+    return quickstart.settings(quickstart.build_parser().parse_args(["--mini"]))["ablation_jobs"]
+
+
 def test_quickstart_settings_scale_and_overrides():
     quickstart = load_quickstart()
     args = quickstart.build_parser().parse_args(["--scale", "2", "--fusion-iterations", "7"])
@@ -108,8 +112,15 @@ def test_quickstart_settings_scale_and_overrides():
     assert cfg["iterations"]["fusion"] == 7
     assert cfg["rows"] == list(quickstart.ROW_KEYS) and cfg["max_interactions"] == 8
     specs = quickstart.val_specs(cfg)
-    assert len(specs) == 10 and all(s.subset == "val" and s.num_frames == 16 for s in specs)
+    assert len(specs) == 20 and all(s.subset == "val" and s.num_frames == 16 for s in specs)
     assert cfg["arch"] == "stcn"
+    # S2M from random weights at a higher LR than the recipe's, bf16 where native; the ablation
+    # rows two at a time (a runtime setting: not in the fingerprint)
+    assert cfg["s2m_lr"] == quickstart.S2M_LR and cfg["s2m_amp"] == "auto"
+    assert cfg["ablation_jobs"] == 2 and mini_jobs(quickstart) == 1
+    fp = quickstart.run_fingerprint(args, cfg)
+    other = quickstart.run_fingerprint(args, {**cfg, "ablation_jobs": 1})
+    assert fp == other and fp != quickstart.run_fingerprint(args, {**cfg, "s2m_lr": 1e-4})
     assert {s.num_objects for s in specs} <= {1, 2, 3}
     assert {s.num_scribbles for s in specs} <= {1, 2}
     mini = quickstart.settings(quickstart.build_parser().parse_args(["--mini"]))
