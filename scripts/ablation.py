@@ -308,6 +308,7 @@ def _run_parallel(commands: dict[str, list[str]], labels: dict[str, str], out: P
     first non-zero exit status (after every started row has finished), else 0."""
     import os
     import subprocess
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
@@ -318,7 +319,8 @@ def _run_parallel(commands: dict[str, list[str]], labels: dict[str, str], out: P
 
     def run(key: str) -> int:
         cmd = [sys.executable, str(script), *commands[key], "--num-threads", str(threads)]
-        print(f"== {labels[key]} (process, {threads} thread(s), log {logs / key}.log): "
+        print(f"== {time.strftime('%H:%M:%S')} {labels[key]} (process, {threads} thread(s), "
+              f"log {logs / key}.log): "
               f"eval_davis_interactive.py {' '.join(commands[key])}", flush=True)
         with open(logs / f"{key}.log", "w", encoding="utf-8") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -327,7 +329,7 @@ def _run_parallel(commands: dict[str, list[str]], labels: dict[str, str], out: P
             print(f"error: row {key!r} ({out / key}) stopped with exit status {rc}; last lines "
                   f"of {logs / key}.log:\n  " + "\n  ".join(tail), file=sys.stderr)
         else:
-            print(f"== {labels[key]}: done", flush=True)
+            print(f"== {time.strftime('%H:%M:%S')} {labels[key]}: done", flush=True)
         return rc
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
