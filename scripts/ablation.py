@@ -304,7 +304,8 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
 def _run_parallel(commands: dict[str, list[str]], labels: dict[str, str], out: Path,
                   jobs: int, threads: int | None) -> int:
     """Each row in its own ``eval_davis_interactive.py`` process, ``jobs`` at a time, with
-    ``threads`` torch threads each; a row's output goes to ``OUT/logs/<row>.log``. Returns the
+    ``threads`` torch threads each (the last row, which ends alone, with ``threads`` x the
+    jobs); a row's output goes to ``OUT/logs/<row>.log``. Returns the
     first non-zero exit status (after every started row has finished), else 0."""
     import os
     import subprocess
@@ -312,14 +313,21 @@ def _run_parallel(commands: dict[str, list[str]], labels: dict[str, str], out: P
     from concurrent.futures import ThreadPoolExecutor
 
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = dict(os.environ)  # the thread count is --num-threads (torch.set_num_threads)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name, None)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     script = ROOT / "eval_davis_interactive.py"
 
+    last = list(commands)[-1]
+    # the last row runs alone once the others are done: it gets the threads of every job
+    last_threads = threads * min(jobs, len(commands))
+
     def run(key: str) -> int:
-        cmd = [sys.executable, str(script), *commands[key], "--num-threads", str(threads)]
-        print(f"== {time.strftime('%H:%M:%S')} {labels[key]} (process, {threads} thread(s), "
+        n = last_threads if key == last else threads
+        cmd = [sys.executable, str(script), *commands[key], "--num-threads", str(n)]
+        print(f"== {time.strftime('%H:%M:%S')} {labels[key]} (process, {n} thread(s), "
               f"log {logs / key}.log): "
               f"eval_davis_interactive.py {' '.join(commands[key])}", flush=True)
         with open(logs / f"{key}.log", "w", encoding="utf-8") as log:

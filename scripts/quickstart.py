@@ -21,7 +21,7 @@ interrupted one stopped; the trainers also resume from their last resumable chec
 4. ``fusion``: the lite fusion network with the trained propagation network frozen;
 5. ``ablation``: ``scripts/ablation.py`` on the validation set (official robot and session,
    8 interactions), every row of Table 5, several rows at a time in their own processes
-   (``--ablation-jobs``, default ``--num-threads`` + 1 with one thread each; the J&F does not
+   (``--ablation-jobs``, default ``--num-threads`` with one thread each; the J&F does not
    depend on it);
 6. ``report``: ``OUT/report.md`` with the table, the J&F-vs-time curves, an overlay grid of the
    difference-aware row's final masks, the final J&F and the time of every step.
@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation-jobs", type=int, default=None,
                    help="ablation rows evaluated at the same time, each in its own process with "
                         "max(1, --num-threads / jobs) torch threads (scripts/ablation.py --jobs; "
-                        "the J&F after each interaction does not change). Default: --num-threads "
-                        "+ 1, one-thread rows, so that no core idles while the last row runs; "
-                        "--mini: 1")
+                        "the J&F after each interaction does not change; the last row, which "
+                        "ends alone, gets the threads of every job). Default: --num-threads, "
+                        "one thread per row; --mini: 1")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader workers of the trainers (default: 2; --mini: 0)")
     p.add_argument("--crop-size", type=int, default=None,
@@ -195,7 +195,7 @@ def settings(args) -> dict:
         "crop_size": pick(args.crop_size, 96, 64),
         "batch_size": pick(args.batch_size, None, 2),
         "num_workers": pick(args.num_workers, 2, 0),
-        "ablation_jobs": pick(args.ablation_jobs, args.num_threads + 1, 1),
+        "ablation_jobs": pick(args.ablation_jobs, args.num_threads, 1),
         "s2m_lr": args.s2m_lr,
         "s2m_amp": args.s2m_amp,
         "val_sequences": pick(args.val_sequences, 20, 2),

@@ -115,9 +115,9 @@ def test_quickstart_settings_scale_and_overrides():
     assert len(specs) == 20 and all(s.subset == "val" and s.num_frames == 16 for s in specs)
     assert cfg["arch"] == "stcn"
     # S2M from random weights at a higher LR than the recipe's, bf16 where native; the ablation
-    # rows three at a time on two threads (a runtime setting: not in the fingerprint)
+    # rows two at a time on two threads (a runtime setting: not in the fingerprint)
     assert cfg["s2m_lr"] == quickstart.S2M_LR and cfg["s2m_amp"] == "auto"
-    assert cfg["ablation_jobs"] == 3 and mini_jobs(quickstart) == 1  # --num-threads 2 + 1
+    assert cfg["ablation_jobs"] == 2 and mini_jobs(quickstart) == 1  # --num-threads 2
     fp = quickstart.run_fingerprint(args, cfg)
     other = quickstart.run_fingerprint(args, {**cfg, "ablation_jobs": 1})
     assert fp == other and fp != quickstart.run_fingerprint(args, {**cfg, "s2m_lr": 1e-4})

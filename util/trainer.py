@@ -364,6 +364,16 @@ class DataStream:
         self.position += 1
         return batch
 
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes now. Left to the garbage collector, an
+        iterator with workers is shut down whenever a collection finds it, which can be much
+        later (in a process that goes on to other work, e.g. the quickstart) and then waits
+        for its workers there."""
+        it, self._iter = self._iter, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
@@ -946,6 +956,7 @@ def run_training(config_cls: type, argv: Sequence[str] | None, *, prog: str, des
     check the training files (:func:`prescan_dataset`), train, finish. Returns 0 on success and
     2 for bad input (config, data, checkpoint, a missing file, an output path that is a file),
     reported as one line ``error: <file>: <problem>``; the process group is always torn down."""
+    data: DataStream | None = None
     try:
         ctx = start_run(config_cls, argv, prog=prog, description=description)
         parts = build(ctx)
@@ -969,6 +980,8 @@ def run_training(config_cls: type, argv: Sequence[str] | None, *, prog: str, des
         print(line, file=sys.stderr)
         return 2
     finally:
+        if data is not None:
+            data.close()
         cleanup_distributed()
 
 
