@@ -34,8 +34,8 @@ rows and rebuilds its table) and continues an interrupted one; a rerun with anot
 fingerprint stops with exit status 2 and names what differs; ``--restart`` deletes the earlier
 run's data, checkpoints, evaluations and report and starts over.
 
-The iteration counts (s2m 500, prop_s0 250, prop_s2 700, fusion 300: the whole job fits in
-20 minutes on 2 CPU cores, measured in ``docs/QUICKSTART_RESULTS.md``) are multiplied by
+The iteration counts (s2m 500, prop_s0 250, prop_s2 700, fusion 300: the whole job takes
+21-22 minutes on 2 CPU cores, measured in ``docs/QUICKSTART_RESULTS.md``) are multiplied by
 ``--scale`` and can be set one by one. ``--mini`` is the CI variant: tiny data, a few
 iterations, 3 interactions, rows ``diff`` and ``oracle`` (well under 2 minutes).
 """
