@@ -160,8 +160,8 @@ def plot(results: dict[str, dict], labels: dict[str, str], path: Path) -> None:
 
 
 #: evaluation options that do not change a result (left out of the fingerprint)
-RUNTIME_FLAGS = {"--device": 1, "--num-threads": 1, "--save-masks": 0, "-v": 0, "--verbose": 0, "--restart": 0,
-                 "--no-resume": 0}
+RUNTIME_FLAGS = {"--device": 1, "--num-threads": 1, "--save-masks": 0, "-v": 0, "--verbose": 0,
+                 "--restart": 0, "--no-resume": 0}
 
 
 def result_options(passthrough: list[str]) -> list[str]:
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows evaluated at the same time, each in its own process "
                         "(default: 1, in this process). The robot, the metrics and the scribble "
                         "rasterisation are single-threaded Python, so two rows with one torch "
-                        "thread each finish sooner than one row after the other with two. Results "
-                        "do not change (the J&F after each interaction is the same; the timings, "
-                        "hence AUC and J&F@60s, are those of the slower per-row run)")
+                        "thread each finish sooner than one row after the other with two. The "
+                        "J&F after each interaction does not change; the measured times (hence "
+                        "AUC and J&F@60s) are those of the rows' own thread counts")
     p.add_argument("--threads-per-job", type=int, default=None,
                    help="torch threads of each row's process with --jobs > 1 (default: the "
                         "CPU count divided by --jobs, at least 1)")
