@@ -31,6 +31,10 @@ Example (official weights on real DAVIS)::
 
 Everything after ``--`` is passed to every evaluation (e.g. ``-- --device cuda --amp bf16``).
 
+``--jobs N`` evaluates N rows at a time, each in its own process with ``--threads-per-job``
+torch threads and its log in ``OUT/logs/<row>.log``; the J&F of every frame is that of the rows
+run one after the other (on a CPU with 2 cores, ``--jobs 2`` finishes the five rows sooner).
+
 Resuming: ``OUT/fingerprint.json`` records the data, the preset, the options passed to the
 evaluations (not ``--device``, ``--save-masks``, ``-v``) and the SHA-256 of every weight file;
 each row's folder has its own (see ``eval_davis_interactive.py``). A rerun with the same
