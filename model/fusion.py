@@ -96,6 +96,19 @@ class FusionNet(nn.Module):
     def _convs(self) -> list[nn.Conv2d]:
         return [m for m in self.modules() if isinstance(m, nn.Conv2d)]
 
+    def _onednn_plan(self, b: int, h: int, w: int) -> tuple[bool, bool]:
+        """(blocked layout for the batch, one object at a time) for a b x 9 x h x w input.
+        Torch's choice depends on the shape and the thread count only, so it is asked once per
+        (b, h, w, threads) and kept (not in the state dict)."""
+        key = (b, h, w, torch.get_num_threads())
+        plan = self.__dict__.setdefault("_plans", {}).get(key)
+        if plan is None:
+            convs = self._convs()
+            blocked = _torch_picks_onednn(convs, b, h, w)
+            plan = (blocked, blocked and b > 1 and _torch_picks_onednn(convs, 1, h, w))
+            self._plans[key] = plan
+        return plan
+
     def forward(
         self,
         image: torch.Tensor,
@@ -123,14 +136,14 @@ class FusionNet(nn.Module):
                 f"FusionNet inputs give {x.shape[1]} channels, expected {FUSION_IN_CHANNELS} "
                 "(image 3, prev 1, curr 1, attn 2, dist 2)"
             )
-        blocked = (self.blocked_layout and _blocked_layout_applies(x, self.final_conv.weight)
-                   and _torch_picks_onednn(self._convs(), b, h, w))
+        if not (self.blocked_layout and _blocked_layout_applies(x, self.final_conv.weight)):
+            return self._layers(x)
+        blocked, per_object = self._onednn_plan(b, h, w)
         if not blocked:
             return self._layers(x)
         # oneDNN's own layout end to end: no layout change between the layers. One object at a
         # time where that is also computed by oneDNN (the same bits): at full resolution the
         # per-object activations stay smaller, which is faster at width 16 and no slower at 32
-        per_object = b > 1 and _torch_picks_onednn(self._convs(), 1, h, w)
         parts = x.split(1) if per_object else [x]
         return torch.cat([self._layers(part.to_mkldnn()).to_dense() for part in parts])
 
