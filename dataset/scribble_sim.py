@@ -11,7 +11,8 @@ Two generators, as in the S2M recipe (REFERENCE.md f.4):
   :func:`util.davis_compat.ensure_compat`) "tamed" by its constructor arguments: kernel_size
   0.15, max kernel radius 16, no minimum node count. It runs on the error maps at half
   resolution, draws one scribble per skeleton component, its paths are rasterised at full
-  resolution with ``davisinteractive.utils.scribbles.scribbles2mask`` and dilated 3x3.
+  resolution (:func:`util.scribble_raster.scribbles_to_labels`, the pixels of
+  ``davisinteractive.utils.scribbles.scribbles2mask``) and dilated 3x3.
 * :func:`synthetic_scribbles` -- the hand-made generator: open each error map with a disk of
   diameter 5..19; for every connected component larger than a random threshold (10..99 px)
   draw one scribble type chosen uniformly among *boundary*, *thinning* and *Bezier* (with
@@ -48,6 +49,7 @@ from skimage.morphology import skeletonize  # Zhang-Suen thinning for 2-D input
 
 from dataset.mask_perturb import random_rect, random_structure
 from util.davis_compat import ensure_compat
+from util.scribble_raster import scribbles_to_labels
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +239,7 @@ def robot_scribbles(gt: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     The robot sees a one-frame, one-object sequence at half resolution (nearest-neighbour
     downsampling): its object-1 error map is the false negatives and its background error map
     the false positives. It returns one path per skeleton component; the paths are rasterised
-    at full resolution by ``scribbles2mask`` and dilated with a 3x3 square.
+    at full resolution (the pixels of ``scribbles2mask``) and dilated with a 3x3 square.
 
     Returns (positive, negative) H x W bool maps. Raises ImportError when davisinteractive is
     not installed.
@@ -249,12 +251,9 @@ def robot_scribbles(gt: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     small_pred = cv2.resize(mask.astype(np.uint8), (hw, hh),
                             interpolation=cv2.INTER_NEAREST_EXACT)
     robot = _robot()
-    # optional dependency (robot_prob=0 trains without it), adapted by _robot() above
-    from davisinteractive.utils.scribbles import scribbles2mask
-
     scribbles = robot.interact("s2m", small_pred[None].astype(np.int64),
                                small_gt[None].astype(np.int64), nb_objects=1, frame=0)
-    labels = scribbles2mask(scribbles, (h, w))[0]
+    labels = scribbles_to_labels(scribbles, (h, w))[0]
     pos = cv2.dilate((labels == 1).astype(np.uint8), _KERNEL3) > 0
     neg = cv2.dilate((labels == 0).astype(np.uint8), _KERNEL3) > 0
     return pos, neg

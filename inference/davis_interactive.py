@@ -1,7 +1,8 @@
 """DAVIS interactive-track driver: the official robot and metrics, our S2M + propagation + fusion.
 
 Protocol (MiVOS's): each sample (sequence x initial scribble) gets up to 8 interactions. The
-robot's scribbles are rasterised with the official ``scribbles2mask`` and turned into a mask by
+robot's scribbles are rasterised (:func:`util.scribble_raster.scribbles_to_labels`: the pixels of
+the official ``scribbles2mask``, vectorised) and turned into a mask by
 S2M on the scribbled frame. Only after the 3rd, 6th and 8th interaction is the mask committed
 and propagated (with fusion); after the others only that frame is updated and the robot is sent
 back to the same frame (candidate list ``[frame]``), so three frames get annotated per sample.
@@ -94,6 +95,7 @@ from util.palette import (
     read_mask,
     write_palette_png,
 )
+from util.scribble_raster import scribbles_to_labels
 from util.video_io import FrameSource, list_frame_files
 
 log = logging.getLogger(__name__)
@@ -222,13 +224,14 @@ class DavisSampleProcessor:
     def rasterise(self, scribbles: dict) -> tuple[int, np.ndarray]:
         """(frame index, label map with -1 = no scribble) of the latest scribble.
 
-        ``mivos``: the map is at the padded size (``scribbles2mask`` given the padded size);
+        ``mivos``: the map is at the padded size (rasterised as ``scribbles2mask`` would at the
+        padded size);
         ``corrected``: at the image size. An empty scribble falls on the last frame of the video
         (rule ``last-frame``, mivos's) or on the last scribbled frame (``keep``, corrected's;
         :func:`empty_scribble_rule`).
         """
         ensure_compat()
-        from davisinteractive.utils.scribbles import annotated_frames, scribbles2mask
+        from davisinteractive.utils.scribbles import annotated_frames
 
         size = (self.core.ph, self.core.pw) if self.padded else (self.h, self.w)
         frames = annotated_frames(scribbles)
@@ -246,7 +249,7 @@ class DavisSampleProcessor:
         self.last_frame = t
         # rasterise only that frame (the whole video's maps would be T times the work)
         one = {**scribbles, "scribbles": [scribbles["scribbles"][t]]}
-        return t, scribbles2mask(one, size)[0].astype(np.int64)
+        return t, scribbles_to_labels(one, size)[0]
 
     def _s2m(self, t: int, labels: np.ndarray) -> tuple[torch.Tensor, bool]:
         """New probabilities of frame t from its scribble map: (probabilities, padded?)."""
