@@ -124,6 +124,32 @@ def test_robot_is_deterministic():
     assert paths[0] == paths[1] == paths[2]
 
 
+def test_medial_axis_tables_are_remembered_without_changing_skeletons():
+    """The robot's medial_axis remembers skimage's look-up tables for the call only: the
+    skeletons and distances are those of the plain call, and skimage's module is restored."""
+    import cv2
+    import skimage.morphology._skeletonize as skel_mod
+    from scipy import ndimage
+    from skimage.morphology import medial_axis
+
+    import davisinteractive.robot.interactive_robot as robot_mod
+
+    rng = np.random.default_rng(3)
+    pattern_of = skel_mod._pattern_of
+    for _ in range(20):
+        mask = np.zeros((50, 70), np.uint8)
+        for _e in range(3):
+            centre = (int(rng.integers(5, 65)), int(rng.integers(5, 45)))
+            axes = (int(rng.integers(2, 25)), int(rng.integers(2, 18)))
+            cv2.ellipse(mask, centre, axes, float(rng.integers(0, 180)), 0, 360, 1, -1)
+        ours, dist = robot_mod.medial_axis(mask > 0, return_distance=True)
+        plain, plain_dist = medial_axis(mask > 0, return_distance=True, rng=_Legacy())
+        assert np.array_equal(ours, plain) and np.array_equal(dist, plain_dist)
+        assert skel_mod.ndi is ndimage and skel_mod._pattern_of is pattern_of
+    # outside the call skimage's own function is back: fresh, writeable patterns
+    assert skel_mod._pattern_of(5).flags.writeable
+
+
 class _Legacy(np.random.Generator):
     """Independent re-statement of old scikit-image's tie-breaker (RandomState(0))."""
 
