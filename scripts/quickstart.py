@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -102,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "ends alone, gets the threads of every job). Default: --num-threads, "
                         "one thread per row; --mini: 1")
     p.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader workers of the trainers (default: 2; --mini: 0)")
+                   help="DataLoader workers of the trainers (default: the cores left over by "
+                        "--num-threads, at most 2: none on a 2-core machine, where workers "
+                        "competing with the torch threads made training 12-22%% slower; "
+                        "--mini: 0). The samples do not depend on it")
     p.add_argument("--crop-size", type=int, default=None,
                    help="training crop size (default: 96; --mini: 64)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -168,6 +172,15 @@ def discard_run(paths: "Paths") -> None:
 # ============================================================================ settings
 
 
+def default_workers(num_threads: int) -> int:
+    """DataLoader workers on the cores the torch threads leave over, at most 2. With none
+    left, the trainers load data in their own process: on 2 cores and 2 threads two workers
+    made training 12 % (S2M) and 22 % (propagation) slower, with the same samples (they are
+    drawn from each sample's own seed; docs/QUICKSTART_RESULTS.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(2, (cores or 1) - num_threads))
+
+
 def settings(args) -> dict:
     """Everything a step needs, with the --mini / full defaults filled in."""
     mini = args.mini
@@ -194,7 +207,7 @@ def settings(args) -> dict:
         "s2m_instances": pick(args.s2m_instances, 400, 6),
         "crop_size": pick(args.crop_size, 96, 64),
         "batch_size": pick(args.batch_size, None, 2),
-        "num_workers": pick(args.num_workers, 2, 0),
+        "num_workers": pick(args.num_workers, default_workers(args.num_threads), 0),
         "ablation_jobs": pick(args.ablation_jobs, args.num_threads, 1),
         "s2m_lr": args.s2m_lr,
         "s2m_amp": args.s2m_amp,
