@@ -18,7 +18,8 @@ interrupted one stopped; the trainers also resume from their last resumable chec
    with native bf16);
 3. ``prop_s0`` / ``prop_s2``: the lite propagation network, static-image stage then video stage
    (loading the stage-0 weights);
-4. ``fusion``: the lite fusion network with the trained propagation network frozen;
+4. ``fusion``: the lite fusion network with the trained propagation network frozen (Adam LR
+   ``--fusion-lr``, 4e-4 by default, constant);
 5. ``ablation``: ``scripts/ablation.py`` on the validation set (official robot and session,
    8 interactions), every row of Table 5, several rows at a time in their own processes
    (``--ablation-jobs``, default ``--num-threads`` with one thread each; the J&F does not
@@ -34,8 +35,8 @@ rows and rebuilds its table) and continues an interrupted one; a rerun with anot
 fingerprint stops with exit status 2 and names what differs; ``--restart`` deletes the earlier
 run's data, checkpoints, evaluations and report and starts over.
 
-The iteration counts (s2m 500, prop_s0 250, prop_s2 700, fusion 300: the whole job takes
-21-22 minutes on 2 CPU cores, measured in ``docs/QUICKSTART_RESULTS.md``) are multiplied by
+The iteration counts (s2m 500, prop_s0 250, prop_s2 700, fusion 600: the whole job takes
+about 18 minutes on 2 CPU cores, measured in ``docs/QUICKSTART_RESULTS.md``) are multiplied by
 ``--scale`` and can be set one by one. ``--mini`` is the CI variant: tiny data, a few
 iterations, 3 interactions, rows ``diff`` and ``oracle`` (well under 2 minutes).
 """
@@ -52,13 +53,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # iteration counts of the full run (before --scale) and of --mini
-FULL_ITERATIONS = {"s2m": 500, "prop_s0": 250, "prop_s2": 700, "fusion": 300}
+FULL_ITERATIONS = {"s2m": 500, "prop_s0": 250, "prop_s2": 700, "fusion": 600}
 MINI_ITERATIONS = {"s2m": 2, "prop_s0": 2, "prop_s2": 2, "fusion": 2}
 ROW_KEYS = ("no_topk", "topk", "linear", "diff", "oracle")
 DEFAULT_ARCH = "stcn"
 #: Adam LR of the lite S2M trained from random weights (the recipe's 1e-4 fine-tunes ImageNet
 #: weights)
 S2M_LR = 4e-4
+#: Adam LR of the lite fusion network trained from random weights (the recipe's 1e-4)
+FUSION_LR = 4e-4
 #: the training stage of the video step after the static stage, per architecture (STCN calls
 #: its "after static images only" stage s02; MiVOS's s2 preset is the same data and recipe)
 VIDEO_STAGE = {"mivos": "s2", "stcn": "s02"}
@@ -92,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Adam LR of S2M (default: {S2M_LR:g}). The recipe's 1e-4 is for a "
                         "ResNet-50 from ImageNet weights; the lite S2M starts from random weights "
                         "and learns faster at this LR in the CPU budget (measured in "
+                        "docs/QUICKSTART_RESULTS.md)")
+    p.add_argument("--fusion-lr", type=float, default=FUSION_LR,
+                   help=f"Adam LR of the fusion network (default: {FUSION_LR:g}; the recipe's "
+                        "1e-4 starts from random weights too, and gave a fusion no better than "
+                        "linear fusion; measured in "
                         "docs/QUICKSTART_RESULTS.md)")
     p.add_argument("--s2m-amp", choices=["none", "bf16", "auto"], default="auto",
                    help="precision of the S2M training (train_s2m.py --amp; default: auto = "
@@ -210,6 +218,7 @@ def settings(args) -> dict:
         "num_workers": pick(args.num_workers, default_workers(args.num_threads), 0),
         "ablation_jobs": pick(args.ablation_jobs, args.num_threads, 1),
         "s2m_lr": args.s2m_lr,
+        "fusion_lr": args.fusion_lr,
         "s2m_amp": args.s2m_amp,
         "val_sequences": pick(args.val_sequences, 20, 2),
         "val_frames": pick(args.val_frames, 16, 6),
@@ -537,6 +546,7 @@ def _main(args) -> int:
          lambda: run_trainer("train_fusion", common + train_dir(paths.fusion)
                              + save_every(it["fusion"])
                              + arch + ["--iterations", str(it["fusion"]), "--lr-steps",
+                                       "--lr", str(cfg["fusion_lr"]),
                                 "--prop-model", str(paths.prop_s2)] + cfg["generate"],
                              paths.fusion)),
         ("ablation", lambda: ablation_done(cfg, paths),
