@@ -36,7 +36,7 @@ fingerprint stops with exit status 2 and names what differs; ``--restart`` delet
 run's data, checkpoints, evaluations and report and starts over.
 
 The iteration counts (s2m 500, prop_s0 250, prop_s2 700, fusion 600: the whole job takes
-about 18 minutes on 2 CPU cores, measured in ``docs/QUICKSTART_RESULTS.md``) are multiplied by
+about 15 minutes on 2 CPU cores, measured in ``docs/QUICKSTART_RESULTS.md``) are multiplied by
 ``--scale`` and can be set one by one. ``--mini`` is the CI variant: tiny data, a few
 iterations, 3 interactions, rows ``diff`` and ``oracle`` (well under 2 minutes).
 """
