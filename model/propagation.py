@@ -389,8 +389,13 @@ class PropagationNetwork(nn.Module):
         b, _, h, w = mem_key.shape
         if query_key.shape[0] not in (1, b):
             raise ValueError(f"query_key batch {query_key.shape[0]} does not match {b}")
-        query_key = query_key.expand(b, *query_key.shape[1:])
         small = F.interpolate(diff, size=(h, w), mode="area")  # B x C x h x w
-        aligned = self.read(query_key, mem_key.unsqueeze(2), small.unsqueeze(2), top_k=None,
-                            memory_budget=memory_budget)
+        # one object at a time: each object's h w x h w affinity is read on its own, which
+        # keeps it in cache at 480p (the batched read was slower from 2 objects on)
+        aligned = torch.cat([
+            self.read(query_key[i:i + 1] if query_key.shape[0] == b else query_key,
+                      mem_key[i:i + 1].unsqueeze(2), small[i:i + 1].unsqueeze(2), top_k=None,
+                      memory_budget=memory_budget)
+            for i in range(b)
+        ])
         return F.interpolate(aligned, size=diff.shape[-2:], mode="bilinear", align_corners=False)
