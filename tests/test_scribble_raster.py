@@ -83,5 +83,14 @@ def test_robot_scribbles_match_the_official_maps(tmp_path):
 def test_malformed_path_is_refused():
     with pytest.raises(ValueError, match="path 0 of frame 0"):
         scribbles_to_labels({"scribbles": [[{"path": [], "object_id": 1}]]}, (8, 8))
+    with pytest.raises(ValueError, match="path 1 of frame 0 leaves the 8 x 6 frame"):
+        scribbles_to_labels({"scribbles": [[{"path": [[0.1, 0.1], [0.5, 0.5]], "object_id": 1},
+                                            {"path": [[0.5, 0.5], [-0.5, 0.2]],
+                                             "object_id": 2}]]}, (6, 8))
+    with pytest.raises(ValueError, match="leaves"):
+        scribbles_to_labels({"scribbles": [[{"path": [[1.3, 0.5]], "object_id": 1}]]}, (6, 8))
+    with pytest.raises(ValueError, match="non-finite"):
+        scribbles_to_labels({"scribbles": [[{"path": [[float("nan"), 0.5]], "object_id": 1}]]},
+                            (6, 8))
     with pytest.raises(ValueError, match="invalid output size"):
         scribbles_to_labels({"scribbles": []}, (0, 8))

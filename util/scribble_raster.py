@@ -16,6 +16,11 @@ official function, ``tests/test_scribble_raster.py``) with the lines computed in
   ``2 m - L``);
 * every segment of a path is drawn at once; paths are written in their order, later paths over
   earlier ones, like the official function.
+
+A path with non-finite points, or one that leaves the frame (normalised coordinates outside
+[0, 1]), is refused with a ``ValueError`` naming it (the official function wraps negative
+coordinates around to the other side of the frame and fails with an ``IndexError`` on large
+ones).
 """
 
 from __future__ import annotations
@@ -70,6 +75,13 @@ def scribbles_to_labels(scribbles: dict[str, Any], size: tuple[int, int],
             if path.ndim != 2 or path.shape[1] != 2:
                 raise ValueError(f"scribble path {i} of frame {t} is not a list of (x, y) "
                                  f"points (shape {path.shape})")
+            if not np.isfinite(path).all():
+                raise ValueError(f"scribble path {i} of frame {t} has non-finite coordinates")
             pixels = bresenham_path((path * scale).astype(np.int64))
+            if len(pixels) and ((pixels < 0).any() or (pixels[:, 0] >= w).any()
+                                or (pixels[:, 1] >= h).any()):
+                # the official function wraps negative indices around and fails on large ones
+                raise ValueError(f"scribble path {i} of frame {t} leaves the {w} x {h} frame "
+                                 "(normalised coordinates outside [0, 1])")
             maps[t][pixels[:, 1], pixels[:, 0]] = p["object_id"]
     return maps
