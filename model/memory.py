@@ -53,8 +53,11 @@ How :func:`read_memory` works
 Query positions are processed in chunks of ``m`` columns so that the affinity block
 (``B x m x N``, stored query-major so that the reduction over memory runs along the contiguous
 axis) has at most ``max_elements`` elements; ``m`` is ``max_elements // (B*N)`` (at least 1).
-The default budget :data:`DEFAULT_MAX_ELEMENTS` is ``2**27`` elements, i.e. 512 MiB in float32
-for the block itself. Transient memory is a small multiple of the block: the full-softmax path
+The default budget :data:`DEFAULT_MAX_ELEMENTS` is ``2**23`` elements, i.e. 32 MiB in float32
+for the block itself: at 480p (1,620 query positions) with 10-20 memory frames that makes 4-7
+chunks, each block written by the product and read by the top-k right after. Measured on 2 cores
+(AVX512), top-k 50, against ``2**27`` (one chunk): 8-27 % faster, identical results there.
+Transient memory is a small multiple of the block: the full-softmax path
 holds the block and its softmax, the kernelized path the block, the Gaussian and their product.
 Every query column is independent of the others, so the chunked result equals the unchunked one
 up to floating-point rounding of the matrix products.
@@ -101,8 +104,8 @@ __all__ = [
     "read_memory",
 ]
 
-#: Default bound on the number of elements of one affinity block (2**27 = 512 MiB in float32).
-DEFAULT_MAX_ELEMENTS = 2**27
+#: Default bound on the number of elements of one affinity block (2**23 = 32 MiB in float32).
+DEFAULT_MAX_ELEMENTS = 2**23
 
 #: Key similarities of :func:`read_memory`: scaled dot product (MiVOS) or negative squared L2
 #: distance (STCN).
