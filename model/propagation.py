@@ -390,8 +390,8 @@ class PropagationNetwork(nn.Module):
         if query_key.shape[0] not in (1, b):
             raise ValueError(f"query_key batch {query_key.shape[0]} does not match {b}")
         small = F.interpolate(diff, size=(h, w), mode="area")  # B x C x h x w
-        # one object at a time: each object's h w x h w affinity is read on its own, which
-        # keeps it in cache at 480p (the batched read was slower from 2 objects on)
+        # one object at a time, each object's h w x h w affinity on its own: at 480p the
+        # batched read measured slower from 2 objects on (docs/BENCHMARKS.md, fusion pass)
         aligned = torch.cat([
             self.read(query_key[i:i + 1] if query_key.shape[0] == b else query_key,
                       mem_key[i:i + 1].unsqueeze(2), small[i:i + 1].unsqueeze(2), top_k=None,
