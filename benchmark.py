@@ -112,6 +112,7 @@ import torch.nn.functional as F
 from inference.inference_core import InferenceConfig, InferenceCore
 from model.presets import PROPAGATION_ARCHS, build_fusion, build_propagation, build_s2m
 from util.amp import autocast, long_amp_name, native_bf16
+from util.device import usable_cores
 from util.tensor_util import pad_divide_by
 
 ROOT = Path(__file__).resolve().parent
@@ -251,10 +252,7 @@ def bf16_skip_reason() -> str | None:
 
 
 def machine_info() -> dict:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    usable = usable_cores()
     flags = cpu_flag_set()
     info = {
         "cpu": _cpu_model(),

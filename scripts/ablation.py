@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                         "AUC and J&F@60s) are those of the rows' own thread counts")
     p.add_argument("--threads-per-job", type=int, default=None,
                    help="torch threads of each row's process with --jobs > 1 (default: the "
-                        "CPU count divided by --jobs, at least 1)")
+                        "usable CPU cores divided by --jobs, at least 1)")
     p.add_argument("--restart", action="store_true",
                    help="discard the earlier results of the rows run (needed when they were made "
                         "with other settings or weights) and start them over")
@@ -263,7 +263,7 @@ def _run(args: argparse.Namespace, passthrough: list[str]) -> int:
     save_fingerprint(out, fingerprint)
     labels = {key: label for key, label, _ in ROWS}
     commands: dict[str, list[str]] = {}
-    for key, label, flags in ROWS:
+    for key, _label, flags in ROWS:
         if key not in args.rows:
             continue
         cmd = ["--davis", args.davis, "--output", str(out / key), "--preset", args.preset,
@@ -316,7 +316,9 @@ def _run_parallel(commands: dict[str, list[str]], labels: dict[str, str], out: P
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    from util.device import usable_cores
+
+    threads = threads or max(1, usable_cores() // jobs)
     env = dict(os.environ)  # the thread count is --num-threads (torch.set_num_threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.pop(name, None)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -185,8 +184,9 @@ def default_workers(num_threads: int) -> int:
     left, the trainers load data in their own process: on 2 cores and 2 threads two workers
     made training 12 % (S2M) and 22 % (propagation) slower, with the same samples (they are
     drawn from each sample's own seed; docs/QUICKSTART_RESULTS.md)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(2, (cores or 1) - num_threads))
+    from util.device import usable_cores
+
+    return max(0, min(2, usable_cores() - num_threads))
 
 
 def settings(args) -> dict:

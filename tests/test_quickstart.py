@@ -128,3 +128,16 @@ def test_quickstart_settings_scale_and_overrides():
     mini_specs = quickstart.val_specs(mini)
     assert 1 <= len(mini_specs) <= 2
     assert all((s.height, s.width) == (48, 64) and 6 <= s.num_frames <= 8 for s in mini_specs)
+
+
+def test_default_workers_use_only_cores_left_by_the_threads(monkeypatch):
+    import os
+
+    import util.device
+    from util.device import usable_cores
+
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+    quickstart = load_quickstart()
+    for cores, threads, workers in [(2, 2, 0), (3, 2, 1), (16, 2, 2), (1, 2, 0), (4, 1, 2)]:
+        monkeypatch.setattr(util.device, "usable_cores", lambda c=cores: c)
+        assert quickstart.default_workers(threads) == workers

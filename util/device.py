@@ -3,16 +3,27 @@
 :func:`resolve_device` turns a ``--device`` value into a :class:`torch.device`: None means CUDA
 when available, else the CPU; ``cuda`` without an index becomes ``cuda:<local_rank>`` (the
 process's GPU under torchrun). Asking for CUDA where there is none is a ValueError naming the
-option.
+option. :func:`usable_cores` is the number of CPU cores the process may run on.
 
 This module imports nothing from ``model/``, ``dataset/`` or ``inference/``.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS reports one (a
+    container or ``taskset`` may allow fewer than the machine has), else the CPU count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
