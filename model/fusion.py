@@ -139,20 +139,20 @@ class FusionNet(nn.Module):
             )
         # one pixel of the input: its dtype, device and autograd state decide the layout
         probe = torch.cat([p[:1, :, :1, :1] for p in pieces], dim=1)
-        if not (self.blocked_layout and _blocked_layout_applies(probe, self.final_conv.weight)):
-            return self._layers(torch.cat(pieces, dim=1))
-        blocked, per_object = self._onednn_plan(b, h, w)
+        blocked, per_object = (
+            self._onednn_plan(b, h, w)
+            if self.blocked_layout and _blocked_layout_applies(probe, self.final_conv.weight)
+            else (False, False))
         if not blocked:
             return self._layers(torch.cat(pieces, dim=1))
         # oneDNN's own layout end to end: no layout change between the layers. One object at a
         # time where that is also computed by oneDNN (the same bits), each object's input
         # assembled on its own: at full resolution the per-object tensors stay smaller, which is
         # faster at width 16 and no slower at 32
-        if not per_object:
-            return self._layers(torch.cat(pieces, dim=1).to_mkldnn()).to_dense()
+        rows = [slice(i, i + 1) for i in range(b)] if per_object else [slice(None)]
         return torch.cat([
-            self._layers(torch.cat([p[i:i + 1] for p in pieces], dim=1).to_mkldnn()).to_dense()
-            for i in range(b)
+            self._layers(torch.cat([p[r] for p in pieces], dim=1).to_mkldnn()).to_dense()
+            for r in rows
         ])
 
     def _layers(self, x: torch.Tensor) -> torch.Tensor:
