@@ -49,7 +49,8 @@ pass a loop over the objects (dense softmax attention read, FusionNet with batch
 Long videos (JSON ``long_video``, CPU): ``InferenceCore`` propagating one object from frame 0
 through T = 20, 60, 200 frames (``--long-video-frames``; preset ``--long-video-preset``, default
 lite; frame size ``--long-video-height/--long-video-width``, default the run's), frames from a lazy
-reader, uint8 probabilities, bounded caches and a chunked read (:data:`LONG_VIDEO_OPTIONS`). Each
+reader, uint8 probabilities and label maps in a temporary file, bounded caches and a chunked read
+(:data:`LONG_VIDEO_OPTIONS`). Each
 T runs in a fresh ``python benchmark.py --long-video-worker SPEC`` process, which reports its ms
 per frame and its whole-process peak RSS (``VmHWM`` of ``/proc/self/status``); the report gives
 the longest / shortest ratios of both.
@@ -984,10 +985,11 @@ def add_peak_fractions(rows: list[dict], peaks: dict) -> None:
 # ------------------------------------------------------------------------------ long videos
 
 #: the memory options of the long-video rows (InferenceConfig fields; README "memory options"):
-#: uint8 probabilities, 2 prepared frames cached (the frames themselves come from a lazy
-#: reader), a bounded query-feature cache and a chunked memory read
-LONG_VIDEO_OPTIONS = {"prob_dtype": "uint8", "image_cache": 2, "feature_cache_mb": 64.0,
-                      "memory_budget": 2**24}
+#: uint8 probabilities kept with the label maps in a temporary file, 2 prepared frames cached
+#: (the frames themselves come from a lazy reader), a bounded query-feature cache and a chunked
+#: memory read
+LONG_VIDEO_OPTIONS = {"prob_dtype": "uint8", "result_storage": "disk", "image_cache": 2,
+                      "feature_cache_mb": 64.0, "memory_budget": 2**24}
 
 
 class LazyFrames:

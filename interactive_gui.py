@@ -65,6 +65,10 @@ def _build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--fusion", choices=["diff", "linear", "none"], default="diff")
     inf.add_argument("--prob-dtype", choices=["float32", "float16", "uint8"], default="float16",
                      help="storage of the per-frame probabilities")
+    inf.add_argument("--result-storage", choices=["memory", "disk"], default="memory",
+                     help="where the per-frame probabilities and label maps are kept; disk: an "
+                          "anonymous temporary file, so that memory use stays flat on long "
+                          "videos (results are identical)")
     inf.add_argument("--image-cache", type=int, default=64, help="normalised frames cached")
     inf.add_argument("--feature-cache-mb", type=float, default=1024.0)
     inf.add_argument("--memory-budget", type=int, default=None,
@@ -112,6 +116,7 @@ def _settings(args: argparse.Namespace):
         resolution=args.resolution, num_objects=args.num_objects,
         top_k=getattr(args, "top_k", arch.top_k),
         mem_every=args.mem_every, fusion=args.fusion, prob_dtype=args.prob_dtype,
+        result_storage=args.result_storage,
         image_cache=args.image_cache, feature_cache_mb=args.feature_cache_mb,
         memory_budget=args.memory_budget, amp=amp, frame_cache=args.frame_cache,
         click_radius=args.click_radius, brush_radius=args.brush_radius,

@@ -108,6 +108,7 @@ class SessionSettings:
     mem_every: int = 5
     fusion: str = "diff"
     prob_dtype: str = "float32"
+    result_storage: str = "memory"  # "disk": per-frame results in a temporary file
     image_cache: int = 64
     feature_cache_mb: float = 1024.0
     memory_budget: int | None = None
@@ -123,7 +124,8 @@ class SessionSettings:
         stcn) with the session's settings."""
         return InferenceConfig.for_arch(
             self.arch, top_k=self.top_k, mem_every=self.mem_every, fusion=self.fusion,
-            prob_dtype=self.prob_dtype, image_cache=self.image_cache,
+            prob_dtype=self.prob_dtype, result_storage=self.result_storage,
+            image_cache=self.image_cache,
             feature_cache_mb=self.feature_cache_mb, memory_budget=self.memory_budget,
             amp=self.amp)
 

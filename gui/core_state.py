@@ -10,8 +10,8 @@ needs to
   reopened session (:func:`write_stored_prob`), and put an interacted frame back into the
   permanent memory (:func:`restore_interacted`).
 
-These helpers rely on the core's storage layout (``prob``, ``masks``, ``interacted``,
-``permanent``) and its storage helpers; they live in one place so that a change of the core
+These helpers rely on the core's storage (``raw_prob`` / ``set_raw_prob``, ``masks``,
+``interacted``, ``permanent``) and its storage helpers; they live in one place so that a change of the core
 breaks one tested module.
 """
 
@@ -63,13 +63,16 @@ class PropagationSnapshot:
     @torch.inference_mode()
     def take(cls, core: InferenceCore, idx: int) -> PropagationSnapshot:
         lo, hi = affected_range(core, idx)
-        src = core.prob[:, lo:hi + 1]
-        if src.dtype == torch.uint8:
-            prob = src.clone()
-        else:  # frame by frame: no float32 copy of the whole range
-            prob = torch.empty(src.shape, dtype=torch.uint8, device=src.device)
-            for i in range(src.shape[1]):
-                prob[:, i] = (src[:, i].float().clamp(0, 1) * 255).round().to(torch.uint8)
+        prob = None
+        for i, t in enumerate(range(lo, hi + 1)):  # frame by frame: no float32 copy of the range
+            src = core.raw_prob(t)
+            if prob is None:
+                prob = torch.empty((src.shape[0], hi + 1 - lo, *src.shape[1:]), dtype=torch.uint8,
+                                   device=src.device)
+            if src.dtype == torch.uint8:
+                prob[:, i] = src
+            else:
+                prob[:, i] = (src.float().clamp(0, 1) * 255).round().to(torch.uint8)
         return cls(lo, hi, prob, _label_maps(core)[lo:hi + 1].copy(), list(core.interacted),
                    core.permanent.copy(), core.k)
 
@@ -78,11 +81,9 @@ class PropagationSnapshot:
         """Put the state back (the number of objects must not have changed since)."""
         if core.k != self.num_objects:
             raise RuntimeError("objects were added after the snapshot; it cannot be restored")
-        if core.prob.dtype == torch.uint8:
-            core.prob[:, self.lo:self.hi + 1] = self.prob
-        else:
-            for i in range(self.prob.shape[1]):
-                core.prob[:, self.lo + i] = (self.prob[:, i].float() / 255).to(core.prob.dtype)
+        for i in range(self.prob.shape[1]):
+            p = self.prob[:, i]
+            core.set_raw_prob(self.lo + i, p if core.prob_dtype == torch.uint8 else p.float() / 255)
         _label_maps(core)[self.lo:self.hi + 1] = self.masks
         core.interacted[:] = self.interacted
         core.permanent = self.permanent

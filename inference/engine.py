@@ -322,11 +322,13 @@ class PropagationEngine:
             options["memory_budget"] = self.memory_budget
         return options
 
-    def new_bank(self, num_objects: int | None = None) -> MemoryBank:
+    def new_bank(self, num_objects: int | None = None, frames: int = 8) -> MemoryBank:
         """An empty memory bank in the architecture's layout (keys per object, or one key per
         frame shared by all objects); ``num_objects``: its rows, when known before the first
-        entry (needed when one encoding is split over several banks)."""
-        return MemoryBank(num_objects=num_objects, shared_key=self.adapter.shared_key)
+        entry (needed when one encoding is split over several banks); ``frames``: the frames it
+        has room for before its buffers grow (the frames a caller expects to memorise)."""
+        return MemoryBank(initial_capacity=frames, num_objects=num_objects,
+                          shared_key=self.adapter.shared_key)
 
     def encode_memory(self, t: int, prob: torch.Tensor,
                       objects: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

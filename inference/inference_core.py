@@ -37,7 +37,13 @@ Memory options (results do not depend on them except where noted):
 * frames can be any sequence of ``H x W x 3`` uint8 arrays (e.g. a lazy reader of a folder or
   a video file), of which at most ``image_cache`` padded, normalised copies are kept;
 * query features are cached up to ``feature_cache_mb``; the memory read processes query positions
-  in chunks of at most ``memory_budget`` affinity elements.
+  in chunks of at most ``memory_budget`` affinity elements;
+* ``result_storage="disk"`` keeps the per-frame probabilities and label maps in an anonymous
+  temporary file (:mod:`inference.frame_store`, in ``result_dir`` or the system's temporary
+  directory) instead of in memory, so that memory use does not grow with the length of the
+  video beyond the memory bank. ``masks`` is then a lazy, array-like view (index it per frame,
+  or ``np.asarray`` it for the whole video) and ``prob`` is not available (use
+  :meth:`InferenceCore.raw_prob` / :meth:`InferenceCore.set_raw_prob`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import torch.nn.functional as F
 
 from inference.arch import arch_default_text, arch_of, defaults_for
 from inference.engine import PropagationEngine, frame_sequence
+from inference.frame_store import CroppedFrames, DiskFrames
 from inference.memory_bank import MemoryBank
 from model.aggregate import aggregate
 from model.presets import PROPAGATION_ARCHS, check_arch
@@ -67,6 +74,7 @@ log = logging.getLogger(__name__)
 
 FUSION_MODES = ("diff", "linear", "none")
 PROB_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
+RESULT_STORAGES = ("memory", "disk")
 
 ProgressFn = Callable[[int, int], None]
 
@@ -113,6 +121,12 @@ class InferenceConfig:
         "none: the newest propagation overwrites", choices=FUSION_MODES)
     prob_dtype: str = cli_field(
         "float32", "storage of per-frame probabilities: float32 | float16 | uint8", cli=False)
+    result_storage: str = cli_field(
+        "memory", "where per-frame probabilities and label maps are kept: memory | disk (an "
+        "anonymous temporary file; flat memory use on long videos)", cli=False)
+    result_dir: str | None = cli_field(
+        None, "directory of the result file with result_storage='disk' (None: the system's "
+        "temporary directory)", cli=False)
     image_cache: int = cli_field(
         128, "padded, normalised frames kept on the compute device", cli=False)
     feature_cache_mb: float = cli_field(
@@ -145,6 +159,9 @@ class InferenceConfig:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
         if self.prob_dtype not in PROB_DTYPES:
             raise ValueError(f"prob_dtype must be one of {tuple(PROB_DTYPES)}, got {self.prob_dtype!r}")
+        if self.result_storage not in RESULT_STORAGES:
+            raise ValueError(f"result_storage must be one of {RESULT_STORAGES}, "
+                             f"got {self.result_storage!r}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k}")
         if self.mem_every < 1:
@@ -220,37 +237,83 @@ class InferenceCore:
         )
         self.pad, self.ph, self.pw = self.engine.pad, self.engine.ph, self.engine.pw
 
-        dtype = PROB_DTYPES[self.config.prob_dtype]
-        # (K+1) x T x Hp x Wp; background starts at a tiny positive value, objects at zero
-        self.prob = torch.zeros(self.k + 1, self.num_frames, self.ph, self.pw, dtype=dtype,
-                                device=self.storage_device)
-        self._set_prob_initial_background()
-        # hard label maps at the padded size (the padding carries labels too, as in the original
-        # core: the DAVIS driver's S2M reads them there); ``masks`` is the unpadded view
-        self.padded_masks = np.zeros((self.num_frames, self.ph, self.pw), dtype=np.uint8)
+        self.prob_dtype = PROB_DTYPES[cfg.prob_dtype]
         left, right, top, bottom = self.pad
-        self.masks = self.padded_masks[:, top:top + self.height, left:left + self.width]
+        self._prob: torch.Tensor | None = None
+        self._prob_file: DiskFrames | None = None
+        if cfg.result_storage == "disk":
+            self._prob_file = self._new_prob_file()
+            # label maps at the padded size in a file; ``masks`` crops them on access
+            self.padded_masks = DiskFrames(self.num_frames, (self.ph, self.pw), np.uint8,
+                                           directory=cfg.result_dir)
+            self.masks = CroppedFrames(self.padded_masks, top, left, self.height, self.width)
+        else:
+            # (K+1) x T x Hp x Wp; background starts at a tiny positive value, objects at zero
+            self._prob = torch.zeros(self.k + 1, self.num_frames, self.ph, self.pw,
+                                     dtype=self.prob_dtype, device=self.storage_device)
+            self._prob[0] = self._initial_background()
+            # hard label maps at the padded size (the padding carries labels too, as in the
+            # original core: the DAVIS driver's S2M reads them there); ``masks`` is the
+            # unpadded view
+            self.padded_masks = np.zeros((self.num_frames, self.ph, self.pw), dtype=np.uint8)
+            self.masks = self.padded_masks[:, top:top + self.height, left:left + self.width]
 
         self.interacted: list[int] = []  # in interaction order
         # one entry per interaction, in interaction order (STCN: one shared key per frame)
         self.permanent = self.engine.new_bank()
 
     # ------------------------------------------------------------------ storage helpers
-    def _set_prob_initial_background(self) -> None:
-        if self.prob.dtype == torch.uint8:
-            self.prob[0] = 0
+    @property
+    def prob(self) -> torch.Tensor:
+        """All stored probabilities, (K+1) x T x Hp x Wp in the storage dtype (memory storage
+        only; with ``result_storage='disk'`` use :meth:`raw_prob` / :meth:`set_raw_prob`)."""
+        if self._prob is None:
+            raise AttributeError("the probabilities are in a file (result_storage='disk'): "
+                                 "read them frame by frame with raw_prob(t) or get_prob(t)")
+        return self._prob
+
+    @prob.setter
+    def prob(self, value: torch.Tensor) -> None:
+        if self._prob is None:
+            raise AttributeError("the probabilities are in a file (result_storage='disk'): "
+                                 "write them frame by frame with set_raw_prob(t, p)")
+        self._prob = value
+
+    def _initial_background(self) -> float:
+        """Stored background of a frame never written (objects start at zero)."""
+        return 0 if self.prob_dtype == torch.uint8 else 1e-7
+
+    def _new_prob_file(self) -> DiskFrames:
+        initial = np.zeros((self.k + 1, self.ph, self.pw),
+                           torch.empty(0, dtype=self.prob_dtype).numpy().dtype)
+        initial[0] = self._initial_background()
+        return DiskFrames(self.num_frames, initial.shape, initial.dtype, initial=initial,
+                          directory=self.config.result_dir)
+
+    def raw_prob(self, t: int) -> torch.Tensor:
+        """Stored probabilities of frame t as stored: (K+1) x Hp x Wp in the storage dtype
+        (uint8 is 1/255 steps), on the storage device (CPU for disk storage)."""
+        if self._prob_file is not None:
+            return torch.from_numpy(self._prob_file.read(t))
+        return self._prob[:, t]
+
+    def set_raw_prob(self, t: int, prob: torch.Tensor) -> None:
+        """Replace the stored probabilities of frame t with ``prob`` ((K+1) x Hp x Wp, already
+        in the storage dtype's scale: 0..255 for uint8)."""
+        if self._prob_file is not None:
+            self._prob_file.write(t, prob.to("cpu", self.prob_dtype).numpy())
         else:
-            self.prob[0] = 1e-7
+            self._prob[:, t] = prob.to(self.storage_device, self.prob_dtype)
 
     def _store_prob(self, t: int, prob: torch.Tensor) -> None:
         """prob: (K+1) x Hp x Wp float on any device."""
-        if self.prob.dtype == torch.uint8:
+        if self.prob_dtype == torch.uint8:
             prob = (prob.clamp(0, 1) * 255).round()
-        self.prob[:, t] = prob.to(self.storage_device, self.prob.dtype)
+        self.set_raw_prob(t, prob)
 
     def _load_prob(self, t: int) -> torch.Tensor:
         """Stored probabilities of frame t: (K+1) x Hp x Wp float32 on the compute device."""
-        p = self.prob[:, t].to(self.device)
+        p = self.raw_prob(t).to(self.device)
         if p.dtype == torch.uint8:
             return p.float() / 255
         return p.float()
@@ -313,7 +376,9 @@ class InferenceCore:
         if not targets:
             return done
 
-        bank = self.permanent.copy()
+        # room for every frame the pass memorises (one per mem_every, and the temporary slot):
+        # the bank is allocated once
+        bank = self.permanent.copy(extra_frames=len(targets) // self.config.mem_every + 2)
         rule = self.engine.write_rule(r)
         for i, t in enumerate(targets):
             out = self._segment(t, bank)
@@ -442,9 +507,17 @@ class InferenceCore:
             raise ValueError("n must be >= 1")
         old_k = self.k
         self.k += n
-        extra = torch.zeros(n, self.num_frames, self.ph, self.pw, dtype=self.prob.dtype,
-                            device=self.storage_device)
-        self.prob = torch.cat([self.prob, extra], dim=0)
+        if self._prob_file is not None:
+            old, self._prob_file = self._prob_file, self._new_prob_file()
+            for t in old.written_frames():
+                p = old.read(t)
+                extra = np.zeros((n, *p.shape[1:]), p.dtype)
+                self._prob_file.write(t, np.concatenate([p, extra]))
+            old.close()
+        else:
+            extra = torch.zeros(n, self.num_frames, self.ph, self.pw, dtype=self.prob_dtype,
+                                device=self.storage_device)
+            self._prob = torch.cat([self._prob, extra], dim=0)
         if self.interacted:
             # permanent memory holds one entry per interaction, in interaction order
             keys, values = [], []

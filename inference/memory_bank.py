@@ -2,11 +2,12 @@
 
 Keys and values are kept per object (the memory encoder sees each object's own mask), in
 growable buffers laid out position-major (``K x capacity*h*w x C``), so adding a frame is a copy
-into pre-allocated space and reading is a view: nothing is concatenated per query frame. The
-values are sized to the frames they hold (their buffer grows by exactly the frames added, and is
-not allocated ahead): the top-k read gathers value rows from one ``(K*N) x CV`` block, which the
-visible values then are, so no read copies them; a grown buffer is copied once per added frame
-(in a pass: once per permanent frame, as the temporary slot is rewritten in place).
+into pre-allocated space and reading is a view: nothing is concatenated per query frame. Keys and
+values have the same capacity, allocated ahead and doubled when full; the top-k read gathers each
+object's value rows where they lie in the buffer (:func:`model.memory.read_memory`), so no read
+copies them. A pass knows how many frames it will memorise and asks for that room when it copies
+the permanent memory (:meth:`MemoryBank.copy`), so its bank is allocated once and never copied
+while it grows: its peak memory is its final size.
 
 * permanent entries: the interacted frames (copied in from the video's permanent memory) and the
   frames memorised every ``mem_every`` frames during the pass;
@@ -120,9 +121,8 @@ class MemoryBank:
             self._values, self._value_frames = new_values, room
 
     def _value_room(self, frames_needed: int) -> int:
-        """Frames of a (re)allocated value buffer: exactly those needed for per-object values
-        (so that the visible values are one block), the key capacity with shared keys."""
-        return self._capacity_frames if self.shared_key else frames_needed
+        """Frames of a (re)allocated value buffer: the keys' capacity."""
+        return max(self._capacity_frames, frames_needed)
 
     def _write(self, slot: int, key: torch.Tensor, value: torch.Tensor) -> None:
         hw = key.shape[-2] * key.shape[-1]
@@ -164,10 +164,11 @@ class MemoryBank:
         self.has_temporary = False
         self.temporary_frame = None
 
-    def copy(self) -> MemoryBank:
-        """A new bank holding this bank's permanent entries (the temporary slot is not copied)."""
-        other = MemoryBank(initial_capacity=self.num_permanent + 8, num_objects=self.num_objects,
-                           shared_key=self.shared_key)
+    def copy(self, extra_frames: int = 8) -> MemoryBank:
+        """A new bank holding this bank's permanent entries (the temporary slot is not copied),
+        with room for ``extra_frames`` more frames before its buffers grow."""
+        other = MemoryBank(initial_capacity=self.num_permanent + max(1, int(extra_frames)),
+                           num_objects=self.num_objects, shared_key=self.shared_key)
         other.permanent_frames = list(self.permanent_frames)
         if self._keys is None or self.num_permanent == 0:
             return other
@@ -201,7 +202,7 @@ class MemoryBank:
         new_v = value.flatten(2).transpose(1, 2)  # K_new x (T*hw) x CV, T-major order
         cap = self._capacity_frames
         old_k = self.num_objects
-        room = self._value_frames if self.shared_key else self.num_permanent
+        room = self._value_frames
         values = self._new_values(old_k + value.shape[0], room * hw, self._values.shape[2],
                                   self._values)
         rows = self._value_rows(0, used, values)  # K_all x used x CV view of the new buffer

@@ -249,6 +249,12 @@ class SemiVOSPropagator:
                                what="SemiVOSPropagator")
 
     # ------------------------------------------------------------------ helpers
+    def _frames_to_memorise(self, remaining: int) -> int:
+        """Room for the memory of objects entering with ``remaining`` frames to go: one
+        permanent frame per ``mem_every``, the entering frame and the temporary slot (later
+        annotated frames grow the bank)."""
+        return remaining // self.config.mem_every + 2
+
     def _engine(self, hw: tuple[int, int]) -> PropagationEngine:
         """The engine of one video: frames are handed in one at a time (the current frame is
         the only one cached); query features are computed once per frame, and only the current
@@ -384,7 +390,9 @@ class SemiVOSPropagator:
                     if new:
                         enabled.extend(new)
                         groups.append(_Group(objects=list(new),
-                                             bank=engine.new_bank(num_objects=len(new))))
+                                             bank=engine.new_bank(
+                                                 num_objects=len(new),
+                                                 frames=self._frames_to_memorise(T - t))))
                         banks.append(groups[-1].bank)
                         logger.debug("frame %d: objects %s enter", t, new)
                     labels, _ = pad_divide_by(

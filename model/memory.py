@@ -68,9 +68,12 @@ weights by one fused gather-and-weighted-sum kernel (``torch.nn.functional.embed
 ``sum`` mode with per-sample weights, which is differentiable w.r.t. both the values and the
 weights). The gathered ``k x CV`` vectors are never materialised, so the readout needs only its
 ``(B*m) x CV`` output. It costs ``2*k*CV`` flops per query column instead of the ``2*N*CV`` of the
-dense product. The values are needed in ``N x CV`` layout, which costs one transposing copy per
-call (at 480p with T = 20 this copy, not the arithmetic, dominates the readout). A caller that
-keeps its values as ``B x N x CV`` and passes ``values.transpose(1, 2)`` avoids the copy.
+dense product. The values are needed as rows (``N x CV`` per batch item), which costs one
+transposing copy per call (at 480p with T = 20 this copy, not the arithmetic, dominates the
+readout). A caller that keeps its values as ``B x N x CV`` rows and passes
+``values.transpose(1, 2)`` avoids the copy, also when the batch items' rows lie apart in a larger
+buffer (a memory bank with room for more frames: each batch item's rows are then found at its own
+row offset) and when one batch item is broadcast.
 
 Kernelized memory needs, for every memory position, the arg-max over *all* query positions,
 which a single chunk cannot see. It is therefore computed in a first pass over the same query
@@ -244,10 +247,9 @@ def read_memory(
 
     mem_sq = _squared_norms(mem_key) if similarity == "l2" else None
 
-    values_rows = None
+    values_rows = row_stride = None
     if top_k is not None:
-        # (B*N) x CV: one row per memory position; a no-op view for B x N x CV storage
-        values_rows = mem_value.transpose(1, 2).reshape(batch * n_mem, cv).contiguous()
+        values_rows, row_stride = _value_rows(mem_value)
 
     pieces = []
     for start in range(0, m_query, chunk):
@@ -285,7 +287,7 @@ def read_memory(
         if top_k is None:
             pieces.append(torch.bmm(mem_value, weights.transpose(1, 2)))  # B x CV x m
         else:
-            out = _gather_readout(values_rows, idx, weights, n_mem)
+            out = _gather_readout(values_rows, idx, weights, row_stride)
             pieces.append(out.view(batch, stop - start, cv).transpose(1, 2))
     return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
@@ -295,16 +297,36 @@ def read_memory(
 # --------------------------------------------------------------------------------------------
 
 
+def _value_rows(mem_value: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The values ``B x CV x N`` as one 2-D block of rows (one row of CV per memory position)
+    and the row offset between consecutive batch items.
+
+    Without a copy where each batch item's values are already ``N x CV`` rows, whatever the
+    distance between batch items (a multiple of CV: a buffer with room for more positions) or
+    0 (one item broadcast); rows between batch items are never indexed. Otherwise a contiguous
+    ``(B*N) x CV`` copy with offset N.
+    """
+    batch, cv, n_mem = mem_value.shape
+    rows = mem_value.transpose(1, 2)  # B x N x CV
+    if cv > 0 and rows.stride(2) == 1 and (rows.stride(1) == cv or n_mem == 1):
+        step, rem = divmod(rows.stride(0), cv)
+        if batch == 1:
+            return rows.as_strided((n_mem, cv), (cv, 1)), n_mem
+        if rem == 0 and (step == 0 or step >= n_mem):
+            return rows.as_strided(((batch - 1) * step + n_mem, cv), (cv, 1)), step
+    return rows.reshape(batch * n_mem, cv).contiguous(), n_mem
+
+
 def _gather_readout(
-    values_rows: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, n_mem: int
+    values_rows: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, row_stride: int
 ) -> torch.Tensor:
     """Weighted sum of the selected value rows: ``(B*m) x CV``.
 
-    values_rows: ``(B*N) x CV``; idx, weights: ``B x m x top_k`` (indices into N per batch
-    item).
+    values_rows: rows of CV (:func:`_value_rows`), batch item b's position n at row
+    ``b*row_stride + n``; idx, weights: ``B x m x top_k`` (indices into N per batch item).
     """
     batch, m, top_k = idx.shape
-    offsets = torch.arange(batch, device=idx.device).mul_(n_mem).view(batch, 1, 1)
+    offsets = torch.arange(batch, device=idx.device).mul_(row_stride).view(batch, 1, 1)
     flat_idx = (idx + offsets).reshape(batch * m, top_k)
     # under autocast the weights can come out in a lower precision than the stored values
     per_sample = weights.reshape(batch * m, top_k).to(values_rows.dtype)

@@ -172,6 +172,28 @@ def test_query_batch_broadcast_and_transposed_values():
     torch.testing.assert_close(read_memory(mk, mv_nc, q1, top_k=4), expected)
 
 
+def test_values_read_in_place_from_a_larger_buffer():
+    """Each batch item's value rows found at its own offset of a buffer with room for more
+    positions (a memory bank), or broadcast from one item, give the result of contiguous
+    values, and the rows the read gathers from are a view of the buffer, not a copy."""
+    mk, mv, qk = _inputs(3, n=16, m=5)
+    expected = read_memory(mk, mv, qk, top_k=4)
+    buffer = torch.randn(3, 24, mv.shape[1])  # B x capacity x CV
+    buffer[:, :16] = mv.transpose(1, 2)
+    in_place = buffer[:, :16].transpose(1, 2)  # B x CV x N, batch items 24 rows apart
+    rows, step = memory._value_rows(in_place)
+    assert step == 24 and rows.data_ptr() == buffer.data_ptr()
+    assert torch.equal(read_memory(mk, in_place, qk, top_k=4), expected)
+    one = mv[:1].transpose(1, 2).contiguous().transpose(1, 2).expand(3, -1, -1)
+    rows, step = memory._value_rows(one)
+    assert step == 0 and rows.shape == (16, mv.shape[1])
+    assert torch.equal(read_memory(mk, one, qk, top_k=4),
+                       read_memory(mk, one.contiguous(), qk, top_k=4))
+    # a layout that is not rows (B x CV x N contiguous) is copied once and read alike
+    rows, step = memory._value_rows(mv)
+    assert step == 16 and rows.shape == (48, mv.shape[1])
+
+
 def test_empty_query_and_errors():
     mk, mv, qk = _inputs(2, n=10, m=0)
     assert read_memory(mk, mv, qk, top_k=3).shape == (2, 5, 0)

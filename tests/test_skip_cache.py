@@ -17,6 +17,7 @@ import torch
 from inference.engine import PropagationEngine, _nbytes
 from inference.inference_core import InferenceConfig, InferenceCore
 from inference.memory_bank import MemoryBank
+from model.memory import _value_rows
 from model.presets import build_fusion, build_propagation
 
 H, W = 40, 56  # not multiples of 16
@@ -212,19 +213,21 @@ def filled_bank(shared_key: bool, k=3, frames=5, ck=8, cv=16, h=3, w=4, seed=0):
 
 
 def rows_of_read(bank: MemoryBank) -> torch.Tensor:
-    """The value rows a top-k read of ``bank`` gathers from, as the network forms them
-    (MiVOS: B x CV x N -> (B*N) x CV; STCN: the objects stacked along the channels,
-    N x (K*CV)), without asking for a copy."""
+    """The value rows a top-k read of ``bank`` gathers from, as the read forms them
+    (MiVOS: each object's N x CV rows at its own offset in the buffer; STCN: the objects
+    stacked along the channels, N x (K*CV)), without asking for a copy."""
     _, values = bank.read_tensors()  # K x CV x N
     if bank.shared_key:
         stacked = values.unsqueeze(0).flatten(start_dim=3).reshape(1, -1, values.shape[2])
         return stacked.transpose(1, 2).reshape(-1, stacked.shape[1])
-    return values.transpose(1, 2).reshape(-1, values.shape[1])
+    rows, step = _value_rows(values)
+    assert step == bank._values.shape[1]  # each object's rows where they lie in the buffer
+    return rows
 
 
-def test_per_object_bank_values_are_one_block_of_rows():
-    """Per-object values are sized to their frames: the K objects' visible values are one
-    (K*N) x CV block (the top-k read copies nothing) through a pass's writes, and every entry
+def test_per_object_bank_values_are_read_in_place():
+    """Per-object values have room for more frames; the top-k read gathers each object's rows
+    where they lie in the buffer (it copies nothing) through a pass's writes, and every entry
     keeps its content."""
     gen = torch.Generator().manual_seed(0)
     bank = filled_bank(shared_key=False)  # 5 permanent frames, 3 objects
