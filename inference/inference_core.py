@@ -68,7 +68,7 @@ from util.amp import canonical_amp, resolve_amp
 from util.amp import long_amp_name as _long_amp_name
 from util.cli import cli_field
 from util.config import parse_top_k
-from util.tensor_util import pad_divide_by, unpad
+from util.tensor_util import argmax_labels, pad_divide_by, unpad
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class InferenceCore:
     def _store_mask(self, t: int, prob: torch.Tensor) -> None:
         """Hard labels of frame t from padded (K+1) x Hp x Wp probabilities (argmax first, then
         the unpadded view crops it)."""
-        self.padded_masks[t] = torch.argmax(prob, dim=0).to("cpu", torch.uint8).numpy()
+        self.padded_masks[t] = argmax_labels(prob).to("cpu", torch.uint8).numpy()
 
     def image(self, t: int) -> torch.Tensor:
         """Padded, normalised frame t: 1 x 3 x Hp x Wp on the compute device (bounded cache)."""

@@ -91,7 +91,7 @@ from model.presets import PROPAGATION_ARCHS, check_arch
 from util.amp import AMP_DTYPES, canonical_amp, resolve_amp
 from util.cli import cli_field
 from util.config import parse_top_k
-from util.tensor_util import pad_divide_by, unpad
+from util.tensor_util import argmax_labels, pad_divide_by, unpad
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class SemiVOSPropagator:
         if tuple(p.shape[-2:]) != tuple(out_hw):
             p = F.interpolate(p.unsqueeze(0), size=tuple(out_hw), mode="bilinear",
                               align_corners=False)[0]
-        return torch.argmax(p, dim=0).to(torch.uint8).cpu().numpy()
+        return argmax_labels(p).to(torch.uint8).cpu().numpy()
 
     # ------------------------------------------------------------------ public API
     def propagate(

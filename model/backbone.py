@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # Blocks per layer for each supported depth.
 _ARCHS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -36,6 +37,34 @@ _ARCHS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 }
 STEM_CHANNELS = 64
 EXTRA_CHANNEL_INITS = ("orthogonal", "zeros")
+
+
+class StemMaxPool(nn.MaxPool2d):
+    """The stem's 3x3 max-pool, stride 2, padding 1 (an ``nn.MaxPool2d``; no parameters).
+
+    Without autograd on a CPU tensor in the default (NCHW) layout, the same values are computed
+    as a maximum over three rows and then over three columns, each an element-wise maximum of
+    strided views: the library's NCHW kernel takes a scalar loop per output element (measured on
+    2 cores, 64 x 240 x 432 float32: 28 ms against 8 ms; bfloat16 28 ms against 4 ms). A maximum
+    is exact in any order, so the values are identical. Where a gradient is needed (training),
+    on other devices or layouts, the library's operator runs: its gradient goes to one input of
+    each window, where a maximum of views would split it between tied inputs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous()
+                or (torch.is_grad_enabled() and x.requires_grad)):
+            return super().forward(x)
+        h, w = x.shape[-2:]
+        oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        xp = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+        rows = torch.maximum(xp[:, :, 0:2 * oh - 1:2], xp[:, :, 1:2 * oh:2])
+        rows = torch.maximum(rows, xp[:, :, 2:2 * oh + 1:2], out=rows)
+        out = torch.maximum(rows[..., 0:2 * ow - 1:2], rows[..., 1:2 * ow:2])
+        return torch.maximum(out, rows[..., 2:2 * ow + 1:2], out=out)
 
 
 class BasicBlock(nn.Module):
@@ -150,7 +179,7 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, STEM_CHANNELS, 7, stride=2, padding=3, bias=conv_bias)
         self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = StemMaxPool()
 
         self._inplanes = STEM_CHANNELS
         self._dilation = 1

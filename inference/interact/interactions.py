@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from inference.interact.s2m_controller import S2MController, dilate3x3
+from util.tensor_util import argmax_labels
 
 NO_SCRIBBLE = -1
 
 
 def _hard_labels(prob: torch.Tensor) -> torch.Tensor:
-    return torch.argmax(prob, dim=0)
+    return argmax_labels(prob).long()
 
 
 def _check_frame(image: torch.Tensor, prob: torch.Tensor) -> None:
