@@ -1310,7 +1310,8 @@ def _long_video_markdown(section: dict | None, s: dict) -> list[str]:
     if ratio:
         lines += [f"T = {ratio['long_frames']} against T = {ratio['short_frames']}: ms per frame "
                   f"**x{_fmt(ratio['ms_per_frame_ratio'], 2)}**, peak RSS "
-                  f"**x{_fmt(ratio.get('peak_rss_ratio'), 2)}**.", ""]
+                  f"**x{_fmt(ratio.get('peak_rss_ratio'), 2)}** (goals: at most x1.3 and "
+                  "x1.2).", ""]
     return lines
 
 
