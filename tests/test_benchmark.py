@@ -163,6 +163,7 @@ def test_peak_stage_and_long_video_json(quick_run):
     ratios = long_video["ratios"]
     assert (ratios["short_frames"], ratios["long_frames"]) == (3, 5)
     assert ratios["ms_per_frame_ratio"] > 0 and ratios["peak_rss_ratio"] > 0
+    assert ratios["ms_per_frame_without_read_ratio"] > 0
 
 
 def test_baselines_match_library_read():
@@ -273,6 +274,13 @@ def test_long_video_worker_reports_its_peak_rss():
     finally:
         torch.set_num_threads(threads)
     assert row["frames_propagated"] == 2 and row["ms_per_frame"] > 0
+    # the memory read was timed (and the wrapper put back), and is part of the frame's cost
+    assert 0 < row["read_ms_per_frame"] < row["ms_per_frame"]
+    assert row["ms_per_frame_without_read"] == pytest.approx(
+        row["ms_per_frame"] - row["read_ms_per_frame"])
+    import model.propagation as propagation_module
+    from model.memory import read_memory
+    assert propagation_module.read_memory is read_memory
     # VmHWM of this process, in MiB: at least what it held after building the network
     assert row["peak_rss_mib"] >= row["model_rss_mib"] > 0
     frames = benchmark.LazyFrames(3, 32, 48)
