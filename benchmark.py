@@ -562,8 +562,10 @@ def _e2e_once(prop, fusion, frames, k: int, precision: str, top_k: int, meter: M
     cfg = InferenceConfig(top_k=top_k, fusion="diff", amp=long_amp_name(AMP_PRECISIONS.get(precision)))
     core = InferenceCore(prop, fusion, frames, num_objects=k, config=cfg, device=meter.device)
     ms_fwd, mem_fwd = meter(lambda: core.interact(_label_map(h, w, k), 0))
+    masks_fwd = np.array(core.masks)
     ms_bwd, mem_bwd = meter(lambda: core.interact(_label_map(h, w, k, shift=w // 16), n - 1))
-    return (ms_fwd, mem_fwd, n - 1), (ms_bwd, mem_bwd, n - 2)
+    masks_bwd = np.array(core.masks)
+    return (ms_fwd, mem_fwd, n - 1, masks_fwd), (ms_bwd, mem_bwd, n - 2, masks_bwd)
 
 
 def e2e_rows(preset: str, device, precisions: list[str], s: dict, log) -> list[dict]:
@@ -573,6 +575,7 @@ def e2e_rows(preset: str, device, precisions: list[str], s: dict, log) -> list[d
     n, k = s["e2e_frames"], s["e2e_objects"]
     frames = _clip(n, s["height"], s["width"])
     rows = []
+    fp32_masks: dict[str, np.ndarray] = {}  # label maps of the fp32 run, to compare AMP with
     for p in precisions:
         common = {"preset": preset, "device": device.type, "precision": p, "objects": k,
                   "clip_frames": n, "height": s["height"], "width": s["width"],
@@ -600,12 +603,18 @@ def e2e_rows(preset: str, device, precisions: list[str], s: dict, log) -> list[d
                 ("e2e_propagation", fwd, "interaction on frame 0, forward pass, no fusion"),
                 ("e2e_propagation_fusion", bwd,
                  "interaction on the last frame, backward pass with difference-aware fusion")):
-            per = [ms / (frames_done * k) for ms, _, frames_done in runs]
+            per = [ms / (frames_done * k) for ms, _, frames_done, _ in runs]
+            masks = runs[-1][3]
+            if p == "fp32":
+                fp32_masks[module] = masks
+            agree = (float((masks == fp32_masks[module]).mean())
+                     if p != "fp32" and module in fp32_masks else None)
             rows.append({"module": module, **common,
                          "ms_per_frame_per_object": statistics.median(per),
                          "frames_propagated": runs[0][2], "what": what,
                          "samples_ms": per, "parts": {},
-                         **_merge_mem([mem for _, mem, _ in runs])})
+                         "labels_equal_fp32": agree,
+                         **_merge_mem([mem for _, mem, _, _ in runs])})
     return rows
 
 
@@ -1547,21 +1556,27 @@ def to_markdown(result: dict, inference_memory_json: Path | None) -> str:
     e2e = [r for r in rows if r["module"].startswith("e2e")]
     if e2e:
         lines += ["## End to end: InferenceCore", "",
+                  "*AMP/fp32*: time of the AMP run over the fp32 run (below 1: AMP is faster). "
+                  "*labels = fp32*: share of the label pixels of every frame, after the "
+                  "interaction, that equal the fp32 run's (same inputs; with random weights many "
+                  "pixels are near ties, which makes this stricter than with trained weights).",
+                  "",
                   "| pass | preset | device | precision | frames x objects | "
-                  "ms / frame / object | AMP/fp32 | peak MiB |",
-                  "|---|---|---|---|---:|---:|---:|---:|"]
+                  "ms / frame / object | AMP/fp32 | labels = fp32 | peak MiB |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
         for r in e2e:
             label = "forward, no fusion" if r["module"] == "e2e_propagation" else \
                 "backward, with fusion"
             if "error" in r:
                 lines.append(f"| {label} | {r['preset']} | {r['device']} | {r['precision']} | "
-                             "- | failed (see the notes) | - | - |")
+                             "- | failed (see the notes) | - | - | - |")
                 continue
+            agree = r.get("labels_equal_fp32")
             lines.append(
                 f"| {label} | {r['preset']} | {r['device']} | {r['precision']} | "
                 f"{r['frames_propagated']} x {r['objects']} | "
                 f"{_fmt(r['ms_per_frame_per_object'])} | {_fmt(r.get('amp_over_fp32'), 2)} | "
-                f"{_mem_text(r)} |")
+                f"{'-' if agree is None else f'{100 * agree:.3f} %'} | {_mem_text(r)} |")
         lines.append("")
     lines += _arch_markdown(result.get("architectures"))
     if inference_memory_json is not None:

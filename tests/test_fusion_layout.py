@@ -1,11 +1,18 @@
-"""FusionNet's blocked-layout inference path gives the same bits as the plain layout."""
+"""FusionNet's blocked-layout inference path gives the same bits as the plain layout; under
+autocast, inference runs channels-last one object at a time."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.fusion import FusionConfig, FusionNet, _blocked_layout_applies, _torch_picks_onednn
+from model.fusion import (
+    FusionConfig,
+    FusionNet,
+    _autocast_inference_applies,
+    _blocked_layout_applies,
+    _torch_picks_onednn,
+)
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                 reason="oneDNN is not available in this torch build")
@@ -82,3 +89,27 @@ def test_training_backward_unchanged_by_the_option():
         net(*args).sum().backward()
         grads.append(net.conv1[0].weight.grad.clone())
     assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_autocast_inference_runs_channels_last_per_object(k):
+    """Under CPU bf16 autocast, inference runs channels-last one object at a time: the same
+    logits as the plain NCHW autocast computation up to bf16 rounding, each object's own (a
+    batch of one object equals the object's row), contiguous output; training and fp32 are
+    not affected."""
+    net = _net(16)
+    args = _inputs(k, 24, 40)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _autocast_inference_applies(args[0], net.final_conv.weight)
+        net.channels_last_autocast = False
+        plain = net(*args).float()
+        net.channels_last_autocast = True
+        fast = net(*args)
+        single = net(*(a[-1:] for a in args))
+    assert fast.is_contiguous() and fast.shape == (k, 1, 24, 40)
+    torch.testing.assert_close(fast.float(), plain, atol=0.05, rtol=0.05)
+    assert torch.equal(fast[-1:], single)
+    w = net.final_conv.weight
+    assert not _autocast_inference_applies(args[0], w)  # no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _autocast_inference_applies(args[0], w)  # training: weights need grads
