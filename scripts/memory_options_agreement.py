@@ -7,7 +7,8 @@ per option, the share of pixels (all frames, all sequences) whose label differs 
 default run, and the largest number of differing pixels in one frame.
 
 Options: lazy frames (a bounded frame reader), a one-frame image cache, no feature cache, a
-chunked memory read (a small affinity budget), float16 and uint8 probability storage.
+chunked memory read (a small affinity budget), float16 and uint8 probability storage, results
+kept on disk, and bf16 autocast (only on a CPU with native bf16).
 
     python scripts/memory_options_agreement.py --root data/synthetic-davis --preset lite \\
         --prop-model runs/quickstart/prop_s2/prop_s2_final.pth \\
@@ -33,6 +34,7 @@ if str(ROOT) not in sys.path:
 from inference.inference_core import InferenceConfig, InferenceCore  # noqa: E402
 from model.checkpoint import load_weights  # noqa: E402
 from model.presets import build_fusion, build_propagation  # noqa: E402
+from util.amp import native_bf16  # noqa: E402
 from util.palette import read_mask  # noqa: E402
 from util.video_io import FrameSource  # noqa: E402
 
@@ -44,7 +46,12 @@ OPTIONS: dict[str, tuple[dict, bool]] = {
     "chunked read (budget 4096 elements)": ({"memory_budget": 4096}, False),
     "prob_dtype float16": ({"prob_dtype": "float16"}, False),
     "prob_dtype uint8": ({"prob_dtype": "uint8"}, False),
+    "results on disk": ({"result_storage": "disk"}, False),
+    "amp bf16": ({"amp": "bfloat16"}, False),
 }
+#: options measured only where the CPU computes them natively (elsewhere the core would fall
+#: back to float32 and the row would show nothing)
+NEEDS_NATIVE_BF16 = {"amp bf16"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     seqs = sorted(p.name for p in (root / "JPEGImages" / "480p").iterdir() if p.is_dir())
     if args.sequences:
         seqs = seqs[: args.sequences]
+    options = {name: v for name, v in OPTIONS.items()
+               if name not in NEEDS_NATIVE_BF16 or native_bf16()}
+    skipped = sorted(set(OPTIONS) - set(options))
+    if skipped:
+        print(f"skipped (no native bf16 on this CPU): {', '.join(skipped)}", file=sys.stderr)
     diff = {name: 0 for name in OPTIONS}
     worst = {name: 0 for name in OPTIONS}
     pixels = 0
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         base = run_sequence(prop, fusion, frames, gt, k, {}, args.arch)
         pixels += base.size
-        for name, (overrides, lazy) in OPTIONS.items():
+        for name, (overrides, lazy) in options.items():
             source = FrameSource(folder, cache_size=4) if lazy else frames
             masks = run_sequence(prop, fusion, source, gt, k, overrides, args.arch)
             d = masks != base
@@ -107,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             worst[name] = max(worst[name], int(d.reshape(len(d), -1).sum(1).max()))
         print(f"{seq}: done", file=sys.stderr)
     rows = [{"option": name, "pixels_differing": diff[name], "share": diff[name] / max(1, pixels),
-             "worst_frame_pixels": worst[name]} for name in OPTIONS]
+             "worst_frame_pixels": worst[name]} for name in options]
     result = {"root": str(root), "sequences": len(seqs), "pixels": pixels, "preset": args.preset,
               "arch": args.arch,
               "weights": "random" if args.random_weights else [args.prop_model, args.fusion_model],
-              "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+              "seconds": round(time.perf_counter() - t0, 1), "rows": rows, "skipped": skipped}
     lines = ["| option | pixels that differ from the default run | share | most in one frame |",
              "|---|---:|---:|---:|"]
     lines += [f"| {r['option']} | {r['pixels_differing']} | {100 * r['share']:.4f}% | "
