@@ -13,8 +13,7 @@ from gui.core_state import PropagationSnapshot
 from inference.frame_store import CroppedFrames, DiskFrames
 from inference.inference_core import InferenceConfig, InferenceCore
 from model.presets import build_fusion, build_propagation
-
-H, W = 40, 56  # padded to 48 x 64
+from tests.test_inference_core import first_mask, video
 
 
 def test_disk_frames_round_trip_and_initial(tmp_path):
@@ -77,30 +76,11 @@ def nets():
     return build_propagation("lite").eval(), build_fusion("lite").eval()
 
 
-def _video(t=8):
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, size=(H, W, 3), dtype=np.uint8)
-    frames = []
-    for i in range(t):
-        f = np.roll(base, shift=i, axis=1).copy()
-        f[10 + i:20 + i, 8:22] = (200, 40, 40)
-        frames.append(f)
-    return np.stack(frames)
-
-
-def _mask(k):
-    m = np.zeros((H, W), np.int64)
-    m[10:20, 8:22] = 1
-    if k > 1:
-        m[25:35, 30:50] = 2
-    return m
-
-
 def _run(nets, k=2, **cfg):
     prop, fusion = nets
-    core = InferenceCore(prop, fusion, _video(), num_objects=k, config=InferenceConfig(**cfg))
-    core.interact(_mask(k), 2)
-    m2 = _mask(k)
+    core = InferenceCore(prop, fusion, video(), num_objects=k, config=InferenceConfig(**cfg))
+    core.interact(first_mask(k), 2)
+    m2 = first_mask(k)
     m2[:, :4] = 1
     core.interact(m2, 6)  # the backward pass fuses with the first round's results
     return core
@@ -118,7 +98,7 @@ def test_core_on_disk_gives_identical_results(nets, tmp_path, dtype):
         assert torch.equal(disk.get_prob(t), ref.get_prob(t))
         assert np.array_equal(disk.get_mask(t), ref.get_mask(t))
     with pytest.raises(AttributeError, match="raw_prob"):
-        disk.prob
+        _ = disk.prob
     assert os.listdir(tmp_path) == []
 
 
@@ -126,11 +106,11 @@ def test_core_on_disk_add_objects(nets, tmp_path):
     prop, fusion = nets
     cores = []
     for cfg in ({}, {"result_storage": "disk", "result_dir": str(tmp_path)}):
-        core = InferenceCore(prop, fusion, _video(), num_objects=1,
+        core = InferenceCore(prop, fusion, video(), num_objects=1,
                              config=InferenceConfig(prob_dtype="uint8", **cfg))
-        core.interact(_mask(1), 0)
+        core.interact(first_mask(1), 0)
         assert core.add_objects(1) == 2
-        core.interact(_mask(2), 4)
+        core.interact(first_mask(2), 4)
         cores.append(core)
     ref, disk = cores
     assert disk.raw_prob(1).shape[0] == 3
@@ -144,7 +124,7 @@ def test_snapshot_restores_a_core_on_disk(nets, tmp_path):
     before = [core.raw_prob(t).clone() for t in range(8)]
     before_masks = np.asarray(core.masks)
     snap = PropagationSnapshot.take(core, 4)
-    m3 = _mask(2)
+    m3 = first_mask(2)
     m3[30:, :] = 2
     core.interact(m3, 4)
     assert not np.array_equal(np.asarray(core.masks), before_masks)
