@@ -75,6 +75,8 @@ log = logging.getLogger(__name__)
 FUSION_MODES = ("diff", "linear", "none")
 PROB_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
 RESULT_STORAGES = ("memory", "disk")
+_PROB_ON_DISK = ("the probabilities are in a file (result_storage='disk'): read and write them "
+                 "frame by frame with raw_prob(t) / get_prob(t) and set_raw_prob(t, p)")
 
 ProgressFn = Callable[[int, int], None]
 
@@ -268,15 +270,13 @@ class InferenceCore:
         """All stored probabilities, (K+1) x T x Hp x Wp in the storage dtype (memory storage
         only; with ``result_storage='disk'`` use :meth:`raw_prob` / :meth:`set_raw_prob`)."""
         if self._prob is None:
-            raise AttributeError("the probabilities are in a file (result_storage='disk'): "
-                                 "read them frame by frame with raw_prob(t) or get_prob(t)")
+            raise AttributeError(_PROB_ON_DISK)
         return self._prob
 
     @prob.setter
     def prob(self, value: torch.Tensor) -> None:
         if self._prob is None:
-            raise AttributeError("the probabilities are in a file (result_storage='disk'): "
-                                 "write them frame by frame with set_raw_prob(t, p)")
+            raise AttributeError(_PROB_ON_DISK)
         self._prob = value
 
     def _initial_background(self) -> float:

@@ -16,6 +16,7 @@ n_c plane, n_r plane] = 9. Layers (names as in the official ``fusion.pth``)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -158,11 +159,9 @@ class FusionNet(nn.Module):
             # precision convolutions take NHWC without reorders; in NCHW each of the six layers
             # reorders its input and output (measured on 2 cores, AVX512-BF16, 2 objects at
             # 480p: lite 212 -> 88 ms, full network 646 -> 308 ms; bf16 rounding either way)
-            return torch.cat([
-                self._layers(torch.cat([p[i:i + 1] for p in pieces], dim=1)
-                             .contiguous(memory_format=torch.channels_last))
-                for i in range(b)
-            ]).contiguous()
+            return self._by_rows(pieces, [slice(i, i + 1) for i in range(b)],
+                                 lambda x: x.contiguous(memory_format=torch.channels_last),
+                                 lambda y: y).contiguous()
         blocked, per_object = (
             self._onednn_plan(b, h, w)
             if self.blocked_layout and _blocked_layout_applies(probe, self.final_conv.weight)
@@ -174,10 +173,16 @@ class FusionNet(nn.Module):
         # assembled on its own: at full resolution the per-object tensors stay smaller, which is
         # faster at width 16 and no slower at 32
         rows = [slice(i, i + 1) for i in range(b)] if per_object else [slice(None)]
-        return torch.cat([
-            self._layers(torch.cat([p[r] for p in pieces], dim=1).to_mkldnn()).to_dense()
-            for r in rows
-        ])
+        return self._by_rows(pieces, rows, torch.Tensor.to_mkldnn, torch.Tensor.to_dense)
+
+    def _by_rows(self, pieces: list[torch.Tensor], rows: list[slice],
+                 enter: Callable[[torch.Tensor], torch.Tensor],
+                 leave: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The layers on each group of rows (objects) of the inputs on its own: each group's
+        input assembled from ``pieces``, put into a layout by ``enter``, its logits taken out
+        of it by ``leave``; the groups' logits concatenated."""
+        return torch.cat([leave(self._layers(enter(torch.cat([p[r] for p in pieces], dim=1))))
+                          for r in rows])
 
     def _layers(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
