@@ -112,6 +112,7 @@ import torch.nn.functional as F
 
 from inference.inference_core import InferenceConfig, InferenceCore
 from model.presets import PROPAGATION_ARCHS, build_fusion, build_propagation, build_s2m
+from util import HUGE_PAGES_ENV, transparent_huge_pages_mode
 from util.amp import autocast, long_amp_name, native_bf16
 from util.device import usable_cores
 from util.tensor_util import pad_divide_by
@@ -267,6 +268,9 @@ def machine_info() -> dict:
         "cpu_capability": cpu_capability(),
         "cpu_flags": {f: f in flags for f in CPU_FLAGS} if flags else None,
         "native_bf16": native_bf16(),
+        # huge-page CPU allocations (util/__init__.py): the kernel's mode and the switch
+        "transparent_huge_pages": transparent_huge_pages_mode(),
+        HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV),
     }
     return info
 
@@ -1226,7 +1230,10 @@ def _cpu_features_text(m: dict) -> str:
     native = m.get("native_bf16")
     return (f"torch CPU capability `{m.get('cpu_capability', '?')}`; flags present (of "
             f"{', '.join(CPU_FLAGS)}): {have or 'none'}; native bf16: "
-            f"{'yes' if native else 'no' if native is not None else '?'}")
+            f"{'yes' if native else 'no' if native is not None else '?'}"
+            + (f"; huge-page allocations: kernel THP mode `{m['transparent_huge_pages']}`, "
+               f"`{HUGE_PAGES_ENV}={m.get(HUGE_PAGES_ENV)}` (`util/__init__.py`)"
+               if "transparent_huge_pages" in m else ""))
 
 
 def _peak_markdown(peaks: dict | None, s: dict) -> list[str]:

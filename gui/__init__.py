@@ -9,4 +9,9 @@
 * :mod:`gui.app`: the PySide6 window.
 
 Only :mod:`gui.worker` and :mod:`gui.app` import Qt.
+
+Importing the package imports :mod:`util` first, which asks PyTorch for huge-page CPU allocations
+before the first tensor is created (see ``util/__init__.py``).
 """
+
+import util  # noqa: F401

@@ -94,6 +94,7 @@ from model.aggregate import aggregate  # noqa: E402
 from model.backbone import ResNet  # noqa: E402
 from model.presets import build_fusion, build_propagation, build_s2m  # noqa: E402
 from model.propagation import others_masks  # noqa: E402
+from util import HUGE_PAGES_ENV, transparent_huge_pages_mode  # noqa: E402
 from util.tensor_util import normalize_image, pad_divide_by  # noqa: E402
 
 #: where the original's modules are registered in ``sys.modules`` once imported
@@ -823,7 +824,10 @@ def machine() -> dict:
                 break
     return {"cpu": model, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(), "platform": platform.platform()}
+            "threads": torch.get_num_threads(), "platform": platform.platform(),
+            # huge-page CPU allocations, set by util/__init__.py for both sides of the process
+            "transparent_huge_pages": transparent_huge_pages_mode(),
+            HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV)}
 
 
 def ours_version() -> dict:
@@ -871,7 +875,10 @@ def markdown(report: dict) -> str:
         f"({m['cpu_capability']}), {m['threads']} threads, fp32. Load average (1, 5, 15 min) "
         f"before / after: {report['loadavg_before']} / {report['loadavg_after']}; 1-minute load "
         f"after each timed round: {_load_range(report['load_samples'])}. Run time "
-        f"{report['run_seconds']:.0f} s.",
+        f"{report['run_seconds']:.0f} s."
+        + (f" Huge-page CPU allocations for both implementations (one process): kernel THP mode "
+           f"`{m['transparent_huge_pages']}`, `{HUGE_PAGES_ENV}={m.get(HUGE_PAGES_ENV)}`."
+           if "transparent_huge_pages" in m else ""),
         "",
         "Same random weights in both (ours built with seed "
         f"{s['seed']}, loaded strictly into the original's networks):",
