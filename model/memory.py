@@ -53,10 +53,24 @@ How :func:`read_memory` works
 Query positions are processed in chunks of ``m`` columns so that the affinity block
 (``B x m x N``, stored query-major so that the reduction over memory runs along the contiguous
 axis) has at most ``max_elements`` elements; ``m`` is ``max_elements // (B*N)`` (at least 1).
-The default budget :data:`DEFAULT_MAX_ELEMENTS` is ``2**23`` elements, i.e. 32 MiB in float32
-for the block itself: at 480p (1,620 query positions) with 10-20 memory frames that makes 4-7
+The default budget :data:`DEFAULT_MAX_ELEMENTS` is ``2**24`` elements, i.e. 64 MiB in float32
+for the block itself: at 480p (1,620 query positions) with 10-20 memory frames that makes 2-4
 chunks, each block written by the product and read by the top-k right after. Measured on 2 cores
-(AVX512), top-k 50, against ``2**27`` (one chunk): 8-27 % faster, identical results there.
+(AVX512, L3 32 MiB), top-k 50, T = 20, blocks in the scratch buffers below: 2**24 took 131-138 ms,
+2**23 139-163 ms, 2**22 147-191 ms, 2**25 112-144 ms (three interleaved runs, medians of 9).
+
+On the CPU without autograd or autocast, the blocks and the top-k's group maxima are written
+into per-thread scratch buffers kept from call to call (``out=``), so a read allocates almost
+nothing; :func:`release_scratch` frees them. Fresh memory is mapped page by page on first touch,
+and on the machines of ``docs/BENCHMARKS.md`` that cost more than the top-k: the product into a
+fresh 1620 x 32400 output took 92-101 ms, into a reused one 75-82 ms.
+
+The top-k over the N memory positions (the library's selection reads every entry into a heap of
+(value, index) pairs) runs on long rows as :func:`topk_grouped`: maxima of groups of 8 entries,
+of groups of 8 groups, and the library top-k on the 400 candidates this leaves per column. The
+values, indices and order are those of ``torch.topk``; a row whose result the grouping cannot
+prove (equal values, NaN) is redone with ``torch.topk``. At T = 20 it is 1.9x faster than
+``torch.topk`` on the same block.
 Transient memory is a small multiple of the block: the full-softmax path
 holds the block and its softmax, the kernelized path the block, the Gaussian and their product.
 Every query column is independent of the others, so the chunked result equals the unchunked one
@@ -93,6 +107,7 @@ versions (``B x N x M``) kept for tests and for small one-off uses.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -105,10 +120,13 @@ __all__ = [
     "softmax_topk_km",
     "query_chunk_size",
     "read_memory",
+    "release_scratch",
+    "topk_grouped",
+    "topk_last",
 ]
 
-#: Default bound on the number of elements of one affinity block (2**23 = 32 MiB in float32).
-DEFAULT_MAX_ELEMENTS = 2**23
+#: Default bound on the number of elements of one affinity block (2**24 = 64 MiB in float32).
+DEFAULT_MAX_ELEMENTS = 2**24
 
 #: Key similarities of :func:`read_memory`: scaled dot product (MiVOS) or negative squared L2
 #: distance (STCN).
@@ -251,12 +269,23 @@ def read_memory(
     if top_k is not None:
         values_rows, row_stride = _value_rows(mem_value)
 
+    # on the CPU without autograd or autocast, the products and the top-k's group maxima are
+    # written into per-thread scratch buffers kept from call to call (_SCRATCH): fresh pages cost
+    # more than the top-k itself on the machines of docs/BENCHMARKS.md
+    scratch = (mem_key.device.type == "cpu" and query_key.dtype == mem_key.dtype
+               and not torch.is_autocast_enabled("cpu")
+               and not (torch.is_grad_enabled()
+                        and (mem_key.requires_grad or query_key.requires_grad)))
     pieces = []
     for start in range(0, m_query, chunk):
         stop = min(m_query, start + chunk)
         if mem_sq is None:
-            q = scale_query(query_key[:, :, start:stop])
-            aff = torch.bmm(q.transpose(1, 2), mem_key)  # B x m x N (query-major)
+            q = scale_query(query_key[:, :, start:stop]).transpose(1, 2)
+            if scratch:
+                out = _SCRATCH.take("affinity", batch * (stop - start) * n_mem, mem_key.dtype)
+                aff = torch.bmm(q, mem_key, out=out.view(batch, stop - start, n_mem))
+            else:
+                aff = torch.bmm(q, mem_key)  # B x m x N (query-major)
         else:
             aff = _l2_block(query_key[:, :, start:stop], mem_key, mem_sq)  # B x m x N
         if centres is not None:
@@ -267,14 +296,14 @@ def read_memory(
             if top_k is None:
                 weights = prod / _safe_sum(prod, dim=2)
             else:
-                vals, idx = torch.topk(prod, k=top_k, dim=2)
+                vals, idx = topk_last(prod, top_k)
                 weights = vals / _safe_sum(vals, dim=2)
             del prod
         elif top_k is None:
             weights = torch.softmax(aff, dim=2)
             del aff
         else:
-            vals, idx = torch.topk(aff, k=top_k, dim=2)  # sorted, descending
+            vals, idx = topk_last(aff, top_k, scratch=scratch)  # sorted, descending
             del aff
             # softmax restricted to the top-k set, with the original's arithmetic: subtract each
             # column's own maximum (vals[..., 0]), exponentiate, divide by the sum (torch.softmax
@@ -290,6 +319,135 @@ def read_memory(
             out = _gather_readout(values_rows, idx, weights, row_stride)
             pieces.append(out.view(batch, stop - start, cv).transpose(1, 2))
     return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+
+# --------------------------------------------------------------------------------------------
+# top-k over the memory axis
+# --------------------------------------------------------------------------------------------
+
+#: :func:`topk_last` narrows the search by group maxima when a row has at least this many
+#: entries per kept entry (at top-k 50: 12,800 memory positions, about 8 frames at 480p);
+#: below it the library top-k is as fast.
+GROUPED_TOPK_MIN_RATIO = 256
+
+#: group sizes of the two levels of :func:`topk_grouped` (measured on 2 cores, AVX512, at 480p
+#: with 20 memory frames: 8 and 8 beat 16/4, 4/16 and 8/4)
+GROUPED_TOPK_SIZES = (8, 8)
+
+
+def topk_last(x: torch.Tensor, k: int, scratch: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(x, k, dim=-1)`` (sorted, descending): the same values and indices.
+
+    Long rows on the CPU without autograd go through :func:`topk_grouped`, which touches every
+    entry once for a maximum instead of running the library's selection over it. ``scratch``:
+    its group maxima go to a per-thread buffer kept between calls (:func:`release_scratch`).
+    """
+    n = x.shape[-1]
+    if (n < GROUPED_TOPK_MIN_RATIO * k or x.device.type != "cpu"
+            or (x.requires_grad and torch.is_grad_enabled())):
+        return torch.topk(x, k, dim=-1)
+    rows = x.reshape(-1, n)
+    vals, idx = topk_grouped(rows, k, scratch=scratch)
+    return vals.view(*x.shape[:-1], k), idx.view(*x.shape[:-1], k)
+
+
+def topk_grouped(
+    x: torch.Tensor, k: int, sizes: tuple[int, int] = GROUPED_TOPK_SIZES, scratch: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of every row of ``x`` (``R x n``), sorted: bit for bit ``torch.topk(x, k, dim=1)``.
+
+    The positions are split into groups of ``s1`` (group j holds ``j, j + G1, j + 2 G1, ...``,
+    so the maxima are elementwise maxima of ``s1`` contiguous slices), and the groups into
+    super-groups of ``s2`` the same way. If an entry is among a row's k largest, its group's
+    maximum is among the k largest group maxima (otherwise k other groups would hold k larger
+    entries), and the same holds one level up. So the k largest super-groups give ``k*s2``
+    candidate groups, their k largest give ``k*s1`` candidate entries, and the library top-k
+    runs on those short rows only. The positions left over by the two divisions are candidates
+    in every row.
+
+    The selection is exact when the values are distinct; where they are not, the library's order
+    among equal values (and its choice at the boundary) is what the readout sums follow. So a
+    row is accepted only if its k values are strictly decreasing and its k-th value is strictly
+    larger than everything it did not look at (bounded by the (k+1)-th largest maximum at each
+    level and the (k+1)-th candidate); any other row, also one holding a NaN, is redone with
+    ``torch.topk`` on the whole row.
+
+    ``scratch`` (CPU): the ``R x G1`` group maxima are written into a per-thread buffer kept
+    between calls instead of a fresh tensor.
+    """
+    s1, s2 = sizes
+    r, n = x.shape
+    g1 = n // s1
+    g2 = g1 // s2
+    if k < 1 or g2 <= k:  # too few super-groups to leave any out
+        return torch.topk(x, k, dim=1)
+    x = x.contiguous()
+    grouped = x[:, :g1 * s1].view(r, s1, g1)
+    if scratch and x.device.type == "cpu":
+        out = _SCRATCH.take("group_max", r * g1, x.dtype).view(r, g1)
+        max1 = torch.amax(grouped, dim=1, out=out)  # R x G1
+    else:
+        max1 = grouped.amax(dim=1)
+    max2 = max1[:, :g2 * s2].view(r, s2, g2).amax(dim=1)  # R x G2
+    top2, sup = torch.topk(max2, k + 1, dim=1)
+    groups = _members(sup[:, :k], s2, g2, g2 * s2, g1)
+    top1, pick = torch.topk(torch.gather(max1, 1, groups), k + 1, dim=1)
+    entries = _members(torch.gather(groups, 1, pick[:, :k]), s1, g1, g1 * s1, n)
+    top, pick = torch.topk(torch.gather(x, 1, entries), k + 1, dim=1)
+    vals = top[:, :k]
+    idx = torch.gather(entries, 1, pick[:, :k])
+    unseen = torch.maximum(torch.maximum(top2[:, k], top1[:, k]), top[:, k])
+    exact = vals[:, k - 1] > unseen
+    if k > 1:
+        exact &= (vals[:, :-1] > vals[:, 1:]).all(dim=1)
+    if not bool(exact.all()):
+        redo = (~exact).nonzero().squeeze(1)
+        redo_vals, redo_idx = torch.topk(x.index_select(0, redo), k, dim=1)
+        vals = vals.index_copy(0, redo, redo_vals)
+        idx = idx.index_copy(0, redo, redo_idx)
+    return vals, idx
+
+
+def _members(ids: torch.Tensor, size: int, stride: int, tail_start: int,
+             tail_stop: int) -> torch.Tensor:
+    """Positions of the groups ``ids`` (``R x c``; group j holds ``j + stride*i``, ``i < size``):
+    ``R x (c*size)``, followed in every row by the left-over positions
+    ``tail_start .. tail_stop - 1``."""
+    r = ids.shape[0]
+    pos = (ids.unsqueeze(-1) + torch.arange(size, device=ids.device) * stride).view(r, -1)
+    if tail_stop > tail_start:
+        tail = torch.arange(tail_start, tail_stop, device=ids.device).expand(r, -1)
+        pos = torch.cat([pos, tail], dim=1)
+    return pos
+
+
+class _Scratch(threading.local):
+    """Per-thread CPU buffers that :func:`read_memory` writes its affinity blocks and group maxima
+    into, kept from call to call (grown when a larger one is needed, never shrunk). At 480p with
+    20 memory frames and the default budget they hold about 72 MB."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype, bool], torch.Tensor] = {}
+
+    def take(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        # a tensor made under inference mode cannot be written outside it: one set per mode
+        key = (name, dtype, torch.is_inference_mode_enabled())
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            self.buffers.pop(key, None)  # let the old one go before the larger one is taken
+            buf = torch.empty(numel, dtype=dtype)
+            self.buffers[key] = buf
+        return buf[:numel]
+
+
+_SCRATCH = _Scratch()
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch buffers of :func:`read_memory` (they are made again when
+    needed)."""
+    _SCRATCH.buffers.clear()
 
 
 # --------------------------------------------------------------------------------------------

@@ -379,3 +379,83 @@ def test_bench_script_quick(tmp_path):
     (row,) = result["topk"]
     assert row["T"] == 2 and row["max_abs_diff"] < 1e-4 and row["dense_total_ms_median"] > 0
     assert "| 2 |" in out_md.read_text()
+
+
+# ------------------------------------------------------------------ grouped top-k
+
+
+@pytest.mark.parametrize("n,k,sizes", [(4096, 5, (8, 8)), (4099 + 64, 5, (8, 8)),
+                                       (3000, 7, (4, 16)), (12800, 50, (8, 8)),
+                                       (2000, 1, (16, 4))])
+def test_grouped_topk_is_the_library_topk(n, k, sizes, monkeypatch):
+    gen = torch.Generator().manual_seed(n + k)
+    # affinity-like rows: products of random keys (distinct values)
+    x = torch.randn(33, 16, generator=gen) @ torch.randn(16, n, generator=gen)
+    ref_v, ref_i = torch.topk(x, k, dim=1)
+    widths = []
+    library_topk = torch.topk
+
+    def spy(t, *args, **kwargs):
+        widths.append(t.shape[-1])
+        return library_topk(t, *args, **kwargs)
+
+    monkeypatch.setattr(memory.torch, "topk", spy)
+    vals, idx = memory.topk_grouped(x, k, sizes)
+    assert torch.equal(vals, ref_v) and torch.equal(idx, ref_i)
+    assert len(widths) == 3 and max(widths) < n // 4  # short rows only, no row redone
+
+
+def test_grouped_topk_rows_with_ties_or_nan_follow_the_library():
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.randn(16, 100, generator=gen)
+    x = torch.randn(12, 16, generator=gen) @ keys.repeat(1, 41)  # every value 41 times
+    x[3, 777] = float("nan")
+    x[5] = torch.randn(4100, generator=gen)  # one row without ties
+    ref_v, ref_i = torch.topk(x, 6, dim=1)
+    vals, idx = memory.topk_grouped(x, 6)
+    assert torch.equal(vals.nan_to_num(), ref_v.nan_to_num()) and torch.equal(idx, ref_i)
+    # a tie exactly at the k-th place, the other copy in a group the search leaves out
+    row = torch.randn(1, 4096, generator=gen)
+    row[0, 4000] = row[0].topk(4).values[-1]
+    ref_v, ref_i = torch.topk(row, 4, dim=1)
+    vals, idx = memory.topk_grouped(row, 4)
+    assert torch.equal(vals, ref_v) and torch.equal(idx, ref_i)
+
+
+def test_topk_last_shapes_and_the_read_are_unchanged(monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 900, generator=gen)
+    monkeypatch.setattr(memory, "GROUPED_TOPK_MIN_RATIO", 64)
+    vals, idx = memory.topk_last(x, 5)  # 900 >= 64 * 5: grouped
+    ref_v, ref_i = torch.topk(x, 5, dim=2)
+    assert vals.shape == (2, 3, 5) and torch.equal(vals, ref_v) and torch.equal(idx, ref_i)
+    mem_key = torch.randn(2, 8, 1200, generator=gen)
+    mem_value = torch.randn(2, 4, 1200, generator=gen)
+    query = torch.randn(2, 8, 50, generator=gen)
+    grouped = memory.read_memory(mem_key, mem_value, query, top_k=4, max_elements=2000)
+    monkeypatch.setattr(memory, "GROUPED_TOPK_MIN_RATIO", 10**9)
+    plain = memory.read_memory(mem_key, mem_value, query, top_k=4, max_elements=2000)
+    assert torch.equal(grouped, plain)
+
+
+def test_topk_last_keeps_autograd_on_the_library_path(monkeypatch):
+    monkeypatch.setattr(memory, "GROUPED_TOPK_MIN_RATIO", 1)
+    x = torch.randn(2, 700, requires_grad=True)
+    vals, _ = memory.topk_last(x, 3)
+    vals.sum().backward()
+    assert x.grad.sum().item() == 6.0
+
+
+def test_scratch_buffers_serve_inference_mode_and_plain_no_grad():
+    gen = torch.Generator().manual_seed(2)
+    mem_key, mem_value = torch.randn(1, 8, 300, generator=gen), torch.randn(1, 4, 300, generator=gen)
+    query = torch.randn(1, 8, 40, generator=gen)
+    memory.release_scratch()
+    with torch.inference_mode():
+        a = memory.read_memory(mem_key, mem_value, query, top_k=5, max_elements=3000)
+    with torch.no_grad():
+        b = memory.read_memory(mem_key, mem_value, query, top_k=5, max_elements=3000)
+    c = memory.read_memory(mem_key, mem_value, query, top_k=5, max_elements=3000)
+    memory.release_scratch()
+    d = memory.read_memory(mem_key.requires_grad_(), mem_value, query, top_k=5, max_elements=3000)
+    assert torch.equal(a, b) and torch.equal(b, c) and torch.equal(c, d.detach())
