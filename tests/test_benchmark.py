@@ -131,7 +131,8 @@ def test_peak_stage_and_long_video_json(quick_run):
 
     rows = data["stages"]["rows"]
     assert {(r["stage"], r["objects"]) for r in rows} == {
-        ("encode_query", 1), ("memorize", 1), ("affinity_gemm", 1), ("memory_read", 1),
+        ("encode_query", 1), ("memorize", 1), ("affinity_gemm", 1), ("affinity_gemm_reused", 1),
+        ("memory_read", 1),
         ("read_decode", 1), ("read_decode", 2), ("fusion_pass", 1), ("fusion_pass", 2),
         ("s2m", 1)}
     for r in rows:
@@ -144,6 +145,11 @@ def test_peak_stage_and_long_video_json(quick_run):
     by = {(r["stage"], r["objects"]): r for r in rows}
     read = by[("memory_read", 1)]
     assert read["read_over_gemm"] == pytest.approx(read["median_ms"] / read["gemm_ms"])
+    assert read["read_over_gemm_reused"] == pytest.approx(read["median_ms"]
+                                                          / read["gemm_reused_ms"])
+    gemm_at_peak_ms = 2 * read["key_dim"] * read["memory_positions"] * read["query_positions"] / (
+        peak["gemm"]["gflops"] * 1e6)
+    assert read["read_over_gemm_at_peak"] == pytest.approx(read["median_ms"] / gemm_at_peak_ms)
     # more objects, more work: the read + decode FLOPs grow with K
     assert by[("read_decode", 2)]["flops"] > by[("read_decode", 1)]["flops"]
     # the affinity GEMM is counted analytically: 2 CK N M
