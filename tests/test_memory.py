@@ -459,3 +459,15 @@ def test_scratch_buffers_serve_inference_mode_and_plain_no_grad():
     memory.release_scratch()
     d = memory.read_memory(mem_key.requires_grad_(), mem_value, query, top_k=5, max_elements=3000)
     assert torch.equal(a, b) and torch.equal(b, c) and torch.equal(c, d.detach())
+
+
+def test_topk_last_leaves_low_precision_rows_to_the_library(monkeypatch):
+    monkeypatch.setattr(memory, "GROUPED_TOPK_MIN_RATIO", 1)
+    calls = []
+    monkeypatch.setattr(memory, "topk_grouped",
+                        lambda x, k, **kw: calls.append(x) or torch.topk(x, k, dim=1))
+    x = torch.randn(3, 2000).bfloat16()
+    vals, idx = memory.topk_last(x, 4)
+    assert not calls and torch.equal(vals, torch.topk(x, 4).values)
+    memory.topk_last(x.float(), 4)
+    assert len(calls) == 1
