@@ -1335,8 +1335,8 @@ def _stages_markdown(section: dict | None, s: dict) -> list[str]:
                       for r in reads) + ".", ""]
         if any(r.get("read_over_gemm_reused") for r in reads):
             lines += ["The GEMM alone allocates its M x N output at every call, as `torch.bmm` "
-                      "does; the read writes its chunks into one block allocated once per call. "
-                      "Against the arithmetic alone: "
+                      "does; the read writes its chunks into per-thread scratch blocks kept "
+                      "between calls (`model/memory.py`). Against the arithmetic alone: "
                       + "; ".join(
                           f"{r['preset']} {r['device']} {r['read_over_gemm_reused']:.2f}x the "
                           f"GEMM into a reused output ({_fmt(r['gemm_reused_ms'])} ms)"

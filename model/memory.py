@@ -61,9 +61,9 @@ chunks, each block written by the product and read by the top-k right after. Mea
 
 On the CPU without autograd or autocast, the blocks and the top-k's group maxima are written
 into per-thread scratch buffers kept from call to call (``out=``), so a read allocates almost
-nothing; :func:`release_scratch` frees them. Fresh memory is mapped page by page on first touch,
-and on the machines of ``docs/BENCHMARKS.md`` that cost more than the top-k: the product into a
-fresh 1620 x 32400 output took 92-101 ms, into a reused one 75-82 ms.
+nothing; :func:`release_scratch` frees them. Fresh memory is mapped page by page on first touch:
+in ``docs/BENCHMARKS.md`` the affinity product into a fresh output takes 7-23 % longer than into
+a reused one.
 
 The top-k over the N memory positions (the library's selection reads every entry into a heap of
 (value, index) pairs) runs on long rows as :func:`topk_grouped`: maxima of groups of 8 entries,

@@ -314,8 +314,9 @@ def to_markdown(result):
         "* **dense** = the original algorithm: full N x M affinity, top-k over memory, the k "
         "weights scattered into a zeroed N x M matrix, dense `CV x N @ N x M` product",
         f"* **ours** = `model.memory.read_memory(..., top_k={result['top_k']})` with the "
-        f"default budget of {DEFAULT_MAX_ELEMENTS} affinity elements per query chunk "
-        "(a single chunk at these sizes) and the sparse readout; **4 chunks** = the same "
+        f"default budget of {DEFAULT_MAX_ELEMENTS} affinity elements per query chunk ("
+        + ", ".join(f"T={r['T']}: {-(-r['M'] // r['query_chunk'])} chunk(s)" for r in rows)
+        + "), the grouped top-k where N >= 256 k and the sparse readout; **4 chunks** = the same "
         "with a budget of N*M/4; **N x CV values** = the values passed as a transposed view of "
         "an `N x CV` tensor, which saves the layout copy",
         "* **readout** = the step from the top-k indices and weights to the `CV x M` result "
