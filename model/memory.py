@@ -380,6 +380,8 @@ def topk_grouped(
     between calls instead of a fresh tensor.
     """
     s1, s2 = sizes
+    if s1 < 2 or s2 < 2:
+        raise ValueError(f"group sizes must be at least 2, got {sizes}")
     r, n = x.shape
     g1 = n // s1
     g2 = g1 // s2

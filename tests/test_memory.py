@@ -420,6 +420,8 @@ def test_grouped_topk_rows_with_ties_or_nan_follow_the_library():
     ref_v, ref_i = torch.topk(row, 4, dim=1)
     vals, idx = memory.topk_grouped(row, 4)
     assert torch.equal(vals, ref_v) and torch.equal(idx, ref_i)
+    with pytest.raises(ValueError, match="group sizes"):
+        memory.topk_grouped(row, 4, (8, 1))
 
 
 def test_topk_last_shapes_and_the_read_are_unchanged(monkeypatch):
