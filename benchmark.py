@@ -114,7 +114,7 @@ from inference.inference_core import InferenceConfig, InferenceCore
 from model.presets import PROPAGATION_ARCHS, build_fusion, build_propagation, build_s2m
 from util import HUGE_PAGES_ENV, transparent_huge_pages_mode
 from util.amp import autocast, long_amp_name, native_bf16
-from util.device import usable_cores
+from util.device import cpu_model, usable_cores
 from util.tensor_util import pad_divide_by
 
 ROOT = Path(__file__).resolve().parent
@@ -191,17 +191,6 @@ def baseline_dense_softmax_read(query_key, mem_key, mem_value):
 # ------------------------------------------------------------------------------ machine
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _ram_gib() -> float | None:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -257,7 +246,7 @@ def machine_info() -> dict:
     usable = usable_cores()
     flags = cpu_flag_set()
     info = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "ram_gib": _ram_gib(),

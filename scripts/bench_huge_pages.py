@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from util import HUGE_PAGES_ENV, transparent_huge_pages_mode
+    from util.device import cpu_model
     from util.fileio import atomic_write_text
 
     started = time.time()
@@ -117,11 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                      "on_samples_ms": [s[name] for s in samples["1"]]})
     report = {"thp_mode": transparent_huge_pages_mode(), "threads": args.threads,
               "runs": args.runs, "repeats": args.repeats, "rows": rows,
-              "seconds": time.time() - started,
-              "cpu": next((ln.split(":", 1)[1].strip() for ln in
-                           Path("/proc/cpuinfo").read_text().splitlines()
-                           if ln.startswith("model name")), None)
-              if Path("/proc/cpuinfo").exists() else None}
+              "seconds": time.time() - started, "cpu": cpu_model()}
     lines = ["# Huge-page CPU allocations on and off", "",
              "Produced by `python scripts/bench_huge_pages.py --json docs/huge_pages.json "
              "--markdown docs/HUGE_PAGES.md` "

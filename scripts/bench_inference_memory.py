@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -53,6 +52,7 @@ if __package__ in (None, ""):  # run as a script: the project's packages are bes
 
 from inference.inference_core import InferenceConfig, InferenceCore  # noqa: E402
 from model.presets import build_fusion, build_propagation  # noqa: E402
+from util.device import cpu_model  # noqa: E402
 
 RESOLUTIONS = {"480p": (480, 854), "1080p": (1080, 1920), "240p": (240, 427), "120p": (120, 214)}
 SETUPS = {
@@ -169,14 +169,7 @@ def run_child(spec: dict, timeout: float, max_gib: float = 18.0) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
 

@@ -38,6 +38,7 @@ from model.memory import (  # noqa: E402
     query_chunk_size,
     read_memory,
 )
+from util.device import cpu_model  # noqa: E402
 
 FULL = {"h": 30, "w": 54, "ck": 128, "cv": 512, "t_values": [5, 20]}
 QUICK = {"h": 12, "w": 20, "ck": 64, "cv": 128, "t_values": [5]}
@@ -121,17 +122,8 @@ def peak_bytes(fn, device):
 
 
 def machine_info(device):
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     info = {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,

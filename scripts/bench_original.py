@@ -95,6 +95,7 @@ from model.backbone import ResNet  # noqa: E402
 from model.presets import build_fusion, build_propagation, build_s2m  # noqa: E402
 from model.propagation import others_masks  # noqa: E402
 from util import HUGE_PAGES_ENV, transparent_huge_pages_mode  # noqa: E402
+from util.device import cpu_model  # noqa: E402
 from util.tensor_util import normalize_image, pad_divide_by  # noqa: E402
 
 #: where the original's modules are registered in ``sys.modules`` once imported
@@ -816,13 +817,7 @@ def e2e(ours: dict, theirs: dict, orig, s: dict, log) -> tuple[list[dict], list[
 
 
 def machine() -> dict:
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "platform": platform.platform(),
             # huge-page CPU allocations, set by util/__init__.py for both sides of the process

@@ -3,7 +3,8 @@
 :func:`resolve_device` turns a ``--device`` value into a :class:`torch.device`: None means CUDA
 when available, else the CPU; ``cuda`` without an index becomes ``cuda:<local_rank>`` (the
 process's GPU under torchrun). Asking for CUDA where there is none is a ValueError naming the
-option. :func:`usable_cores` is the number of CPU cores the process may run on.
+option. :func:`usable_cores` is the number of CPU cores the process may run on, :func:`cpu_model`
+the processor's name for the benchmark reports.
 
 This module imports nothing from ``model/``, ``dataset/`` or ``inference/``.
 """
@@ -11,10 +12,23 @@ This module imports nothing from ``model/``, ``dataset/`` or ``inference/``.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
-__all__ = ["resolve_device", "usable_cores"]
+__all__ = ["cpu_model", "resolve_device", "usable_cores"]
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` reports)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def usable_cores() -> int:
