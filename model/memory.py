@@ -430,7 +430,7 @@ def _members(ids: torch.Tensor, size: int, stride: int, tail_start: int,
 class _Scratch(threading.local):
     """Per-thread CPU buffers that :func:`read_memory` writes its affinity blocks and group maxima
     into, kept from call to call (grown when a larger one is needed, never shrunk). At 480p with
-    20 memory frames and the default budget they hold about 72 MB."""
+    20 memory frames and the default budget they hold about 75 MB."""
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[str, torch.dtype, bool], torch.Tensor] = {}
