@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from model.backbone import ResNet
 from model.memory import read_memory
+from util.tensor_util import channels_last_for_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class PropagationNetwork(nn.Module):
 
     def encode_query(self, image: torch.Tensor) -> QueryFeatures:
         """image: B x 3 x H x W (normalised, H, W multiples of 16) -> :class:`QueryFeatures`."""
-        f16, f8, f4 = self.rgb_encoder(image)
+        f16, f8, f4 = self.rgb_encoder(channels_last_for_autocast(image))
         key, value = self.kv_q_f16(f16)
         return QueryFeatures(f16=f16, f8=f8, f4=f4, key=key, value=value)
 
@@ -310,7 +311,7 @@ class PropagationNetwork(nn.Module):
             if others is None:
                 others = torch.zeros_like(mask)
             x = torch.cat([image, mask, others], dim=1)
-        f16 = self.mask_rgb_encoder(x)[-1]
+        f16 = self.mask_rgb_encoder(channels_last_for_autocast(x))[-1]
         return self.kv_m_f16(f16)
 
     def read(
@@ -364,7 +365,7 @@ class PropagationNetwork(nn.Module):
             )
         shared = query.expand(mem_key.shape[0])
         readout = self.read(shared.key, mem_key, mem_value, top_k, km_sigma, memory_budget)
-        x = torch.cat([readout, shared.value], dim=1)  # B x 2CV x h x w
+        x = channels_last_for_autocast(torch.cat([readout, shared.value], dim=1))  # B x 2CV x h x w
         # The skip features keep their own batch: for a frame shared by all objects (batch 1)
         # the decoder's skip branches run once per frame and their sum with the upsampled
         # object features broadcasts over the objects, as in the original (an expanded copy

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.backbone import ResNet
+from util.tensor_util import channels_last_for_autocast
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class S2M(nn.Module):
             raise ValueError(
                 f"S2M expects B x {self.config.in_channels} x H x W input, got {tuple(x.shape)}"
             )
-        feats = self.backbone(x)  # layer1 (stride 4) .. layer4 (stride 16)
+        feats = self.backbone(channels_last_for_autocast(x))  # layer1 (stride 4) .. layer4 (16)
         logits = self.classifier(feats[0], feats[-1])
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 

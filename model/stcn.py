@@ -82,6 +82,7 @@ from model.propagation import (
     expand_rows,
     others_masks,
 )
+from util.tensor_util import channels_last_for_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ class STCNNetwork(nn.Module):
 
     def encode_key(self, image: torch.Tensor) -> STCNQueryFeatures:
         """image: B x 3 x H x W (normalised, H, W multiples of 16) -> :class:`STCNQueryFeatures`."""
-        f16, f8, f4 = self.key_encoder(image)
+        f16, f8, f4 = self.key_encoder(channels_last_for_autocast(image))
         return STCNQueryFeatures(key=self.key_proj(f16), value=self.key_comp(f16), f16=f16,
                                  f8=f8, f4=f4)
 
@@ -406,7 +407,8 @@ class STCNNetwork(nn.Module):
                 raise ValueError(f"others {tuple(others.shape)} must match masks "
                                  f"{tuple(masks.shape)}")
             planes.append(others.reshape(b * k, 1, *others.shape[2:]))
-        value = self.value_encoder(torch.cat(planes, dim=1), _repeat_rows(f16, k))
+        value = self.value_encoder(channels_last_for_autocast(torch.cat(planes, dim=1)),
+                                   _repeat_rows(f16, k))
         return value.view(b, k, *value.shape[1:])
 
     # ---------------------------------------------------------------- memory read and decoding
@@ -472,7 +474,8 @@ class STCNNetwork(nn.Module):
         query = query.expand(batch)
         readout = self.read(query.key, mem_key, mem_value, top_k, memory_budget)
         k = readout.shape[1]
-        x = torch.cat([readout.flatten(0, 1), _repeat_rows(query.value, k)], dim=1)
+        x = channels_last_for_autocast(
+            torch.cat([readout.flatten(0, 1), _repeat_rows(query.value, k)], dim=1))
         if batch == 1:
             # one frame: the skip branches (skip_conv on f8 / f4) run once for all objects and
             # their sum with the upsampled object features broadcasts over the objects, as in

@@ -408,3 +408,74 @@ def test_amp_help_texts_say_what_happens_without_native_bf16():
         text = " ".join(parser.format_help().split())
         assert "MIVOS_ALLOW_EMULATED_BF16=1" in text, parser.prog
         assert "without native bf16" in text, parser.prog
+
+
+# ------------------------------------------------------------------ channels-last under autocast
+
+
+@pytest.mark.parametrize("arch", ["mivos", "stcn"])
+def test_autocast_inference_runs_the_networks_channels_last(arch, monkeypatch):
+    import model.propagation as propagation
+    import model.stcn as stcn
+    from model.presets import build_propagation
+
+    torch.manual_seed(0)
+    net = build_propagation("lite", arch=arch).eval()
+    image = torch.randn(1, 3, 64, 96)
+    masks = torch.rand(1, 2, 64, 96)
+
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            if arch == "mivos":
+                query = net.encode_query(image)
+                key, value = net.encode_memory(image.expand(2, -1, -1, -1),
+                                               masks.transpose(0, 1))
+                logits = net.segment(query, key.unsqueeze(2), value.unsqueeze(2), top_k=20)
+            else:
+                query = net.encode_key(image)
+                value = net.encode_value(image, query.f16, masks)
+                logits = net.segment(query, query.key.unsqueeze(2), value.unsqueeze(3),
+                                     top_k=20)
+        return query, logits.float()
+
+    query, logits = run()
+    assert query.f4.is_contiguous(memory_format=torch.channels_last)
+    assert not query.f4.is_contiguous()
+    # the same bf16 convolutions in NCHW: equal up to the order of accumulation
+    for module in (propagation, stcn):
+        monkeypatch.setattr(module, "channels_last_for_autocast", lambda x: x)
+    query_nchw, logits_nchw = run()
+    assert query_nchw.f4.is_contiguous()
+    torch.testing.assert_close(logits, logits_nchw, atol=0.1, rtol=0.05)
+    # with autograd (training under autocast) the layout is left alone
+    monkeypatch.undo()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (net.encode_key(image) if arch == "stcn" else net.encode_query(image)
+                ).f4.is_contiguous()
+
+
+def test_autocast_inference_runs_s2m_channels_last(monkeypatch):
+    import model.s2m as s2m_module
+    from model.presets import build_s2m
+    from util.tensor_util import channels_last_for_autocast
+
+    torch.manual_seed(0)
+    net = build_s2m("lite").eval()
+    x = torch.randn(1, 6, 64, 96)
+    layouts = []
+
+    def spy(t):
+        out = channels_last_for_autocast(t)
+        layouts.append(out.is_contiguous(memory_format=torch.channels_last)
+                       and not out.is_contiguous())
+        return out
+
+    monkeypatch.setattr(s2m_module, "channels_last_for_autocast", spy)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        nhwc = net(x).float()
+    net(x)  # fp32 with autograd: left alone
+    assert layouts == [True, False]
+    monkeypatch.setattr(s2m_module, "channels_last_for_autocast", lambda t: t)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        nchw = net(x).float()
+    torch.testing.assert_close(nhwc, nchw, atol=0.1, rtol=0.05)

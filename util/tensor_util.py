@@ -72,3 +72,19 @@ def argmax_labels(prob: torch.Tensor) -> torch.Tensor:
         labels.masked_fill_(better, c)
         torch.maximum(best, prob[c], out=best)
     return labels
+
+
+def channels_last_for_autocast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last layout under CPU autocast without autograd, else ``x`` itself.
+
+    oneDNN's bfloat16 convolutions work in NHWC; given NCHW, each layer reorders its input and
+    output. A network input in channels-last keeps every layer after it in NHWC (measured on 2
+    cores, AVX512-BF16, 480p, bf16 over fp32: lite query encoder 1.95x -> 2.28x, memory encoder
+    1.76x -> 1.96x, decoder 1.72x -> 2.01x, S2M 2.11x -> 2.23x; mivos S2M 2.01x -> 2.25x).
+    Values are those of the same bf16 convolutions in another order of accumulation; fp32 and
+    training are untouched. Used by the propagation networks and S2M at their inputs.
+    """
+    if (x.dim() == 4 and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu")):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
