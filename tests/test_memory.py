@@ -450,7 +450,8 @@ def test_topk_last_keeps_autograd_on_the_library_path(monkeypatch):
 
 def test_scratch_buffers_serve_inference_mode_and_plain_no_grad():
     gen = torch.Generator().manual_seed(2)
-    mem_key, mem_value = torch.randn(1, 8, 300, generator=gen), torch.randn(1, 4, 300, generator=gen)
+    mem_key = torch.randn(1, 8, 300, generator=gen)
+    mem_value = torch.randn(1, 4, 300, generator=gen)
     query = torch.randn(1, 8, 40, generator=gen)
     memory.release_scratch()
     with torch.inference_mode():
