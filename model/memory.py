@@ -65,12 +65,30 @@ nothing; :func:`release_scratch` frees them. Fresh memory is mapped page by page
 in ``docs/BENCHMARKS.md`` the affinity product into a fresh output takes 7-23 % longer than into
 a reused one.
 
-The top-k over the N memory positions (the library's selection reads every entry into a heap of
-(value, index) pairs) runs on long rows as :func:`topk_grouped`: maxima of groups of 8 entries,
-of groups of 8 groups, and the library top-k on the 400 candidates this leaves per column. The
-values, indices and order are those of ``torch.topk``; a row whose result the grouping cannot
-prove (equal values, NaN) is redone with ``torch.topk``. At T = 20 it is 1.9x faster than
-``torch.topk`` on the same block.
+Streamed top-k read (the inference path on the CPU)
+---------------------------------------------------
+With top-k, float32, on the CPU without autograd or autocast, without kernelized memory, and with
+at least ``128 k`` memory positions, the read goes the other way round (``_read_streamed``): the
+affinity is made a *slab of memory positions* at a time, for all query columns (at most
+:data:`STREAM_SLAB_ELEMENTS` = 2**21 elements, 8 MiB, so the slab is still in the cache when it
+is read back), and the native kernel of :mod:`model.native` merges each slab into every column's
+running top-k (block maxima against the column's current (k+1)-th value; only the few blocks that
+beat it are looked at again). The full ``M x N`` affinity is never held, and each slab is written
+once and read once from the cache instead of from memory. A slab's product gives every affinity
+bit for bit what the whole product gives, so the selection is the one ``torch.topk`` makes on
+whole rows; a column whose order is not unique (tied values at or above its k-th, a NaN) is
+recomputed as a whole row and given to ``torch.topk``. Weights and readout are those of the
+chunked path, so the two return the same tensor (``tests/test_native.py``). At 480p with 10
+memory frames on 2 cores this read takes 1.06-1.12x the time of its affinity product alone,
+against 1.5-1.8x for the chunked read (``docs/BENCHMARKS.md``). Without a compiler, or with
+``MIVOS_NATIVE=0``, the chunked path below is used.
+
+The top-k over the N memory positions of the chunked path (the library's selection reads every
+entry into a heap of (value, index) pairs) runs on long rows as :func:`topk_grouped`: maxima of
+groups of 8 entries, of groups of 8 groups, and the library top-k on the 400 candidates this
+leaves per column. The values, indices and order are those of ``torch.topk``; a row whose result
+the grouping cannot prove (equal values, NaN) is redone with ``torch.topk``. At T = 20 it is 1.9x
+faster than ``torch.topk`` on the same block.
 Transient memory is a small multiple of the block: the full-softmax path
 holds the block and its softmax, the kernelized path the block, the Gaussian and their product.
 Every query column is independent of the others, so the chunked result equals the unchunked one
@@ -111,6 +129,8 @@ import threading
 
 import torch
 import torch.nn.functional as F
+
+from model import native
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
@@ -276,6 +296,13 @@ def read_memory(
                and not torch.is_autocast_enabled("cpu")
                and not (torch.is_grad_enabled()
                         and (mem_key.requires_grad or query_key.requires_grad)))
+    if (top_k is not None and centres is None and scratch and mem_key.dtype == torch.float32
+            and n_mem >= NATIVE_TOPK_MIN_RATIO * top_k):
+        lib = native.topk_library()
+        if lib is not None:
+            return _read_streamed(lib, mem_key, query_key, values_rows, row_stride, top_k,
+                                  mem_sq, max_elements)
+
     pieces = []
     for start in range(0, m_query, chunk):
         stop = min(m_query, start + chunk)
@@ -321,6 +348,76 @@ def read_memory(
     return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
 
+#: Bound on the elements of one affinity slab of the streamed read (:func:`_read_streamed`):
+#: 2**21 = 8 MiB in float32, which stays in the last-level cache between the product that
+#: writes it and the selection that reads it.
+STREAM_SLAB_ELEMENTS = 2**21
+
+
+def _read_streamed(lib, mem_key: torch.Tensor, query_key: torch.Tensor,
+                   values_rows: torch.Tensor, row_stride: int, top_k: int,
+                   mem_sq: torch.Tensor | None, max_elements: int | None) -> torch.Tensor:
+    """The top-k read with the affinity made a slab of memory positions at a time.
+
+    Every query column's top-k is kept by the native kernel (:class:`model.native.TopkStream`)
+    while the slabs (all query columns x a few hundred to a few thousand memory positions, at
+    most :data:`STREAM_SLAB_ELEMENTS` elements, in a scratch buffer) are written by the product
+    and read back while still in the cache. The product of a slab gives each affinity bit for bit
+    what the whole product gives, so the selection is the one ``torch.topk`` makes on the whole
+    rows; a column the kernel leaves undecided (a tie, a NaN) gets its whole row recomputed and
+    ``torch.topk``. The weights and the readout are those of the chunked path.
+    """
+    batch, ck, n_mem = mem_key.shape
+    cv, m_query = values_rows.shape[1], query_key.shape[2]
+    budget = STREAM_SLAB_ELEMENTS if max_elements is None else min(STREAM_SLAB_ELEMENTS,
+                                                                    int(max_elements))
+    width = max(1, budget // max(1, batch * m_query))
+    if width >= 64:
+        width -= width % 64  # whole blocks of the kernel
+    q = scale_query(query_key).transpose(1, 2) if mem_sq is None else query_key
+    q_sq = None if mem_sq is None else query_key.pow(2).sum(dim=1).unsqueeze(2)  # B x M x 1
+    stream = native.TopkStream(batch * m_query, top_k, lib)
+    buf = _SCRATCH.take("affinity", batch * m_query * min(width, n_mem), mem_key.dtype)
+    for start in range(0, n_mem, width):
+        stop = min(n_mem, start + width)
+        out = buf[:batch * m_query * (stop - start)].view(batch, m_query, stop - start)
+        if mem_sq is None:
+            torch.bmm(q, mem_key[:, :, start:stop], out=out)
+        else:  # (2 k_M.k_Q - |k_M|^2 - |k_Q|^2) / sqrt(CK), as _l2_block forms it
+            torch.bmm(q.transpose(1, 2), mem_key[:, :, start:stop], out=out)
+            out.mul_(2).sub_(mem_sq[:, :, start:stop]).sub_(q_sq).div_(math.sqrt(ck))
+        stream.update(out.view(batch * m_query, stop - start), start)
+    vals, idx, ok = stream.finish()
+    if not bool(ok.all()):
+        redo = (~ok).nonzero().squeeze(1)
+        owner = redo.div(m_query, rounding_mode="floor")
+        for b in owner.unique().tolist():
+            rows = redo[owner == b]
+            cols = rows - b * m_query
+            # the product of a few rows takes another kernel of the library (other rounding)
+            # than the slabs' product of all M rows; from 4 rows on they agree, so the rows
+            # are padded to 8, or all M are taken (in their order) when M is smaller
+            if m_query < 8:
+                pick, first = torch.arange(m_query), cols
+            else:
+                pick = torch.cat([cols, cols[:1].expand(max(0, 8 - cols.numel()))])
+                first = torch.arange(cols.numel())
+            if mem_sq is None:
+                aff = torch.mm(q[b].index_select(0, pick), mem_key[b])
+            else:  # the slabs' arithmetic, on whole rows
+                aff = torch.mm(query_key[b].t().index_select(0, pick), mem_key[b])
+                aff.mul_(2).sub_(mem_sq[b]).sub_(q_sq[b].index_select(0, pick))
+                aff.div_(math.sqrt(ck))
+            aff = aff.index_select(0, first)
+            redo_vals, redo_idx = torch.topk(aff, top_k, dim=1)
+            vals[rows], idx[rows] = redo_vals, redo_idx
+    vals = vals.view(batch, m_query, top_k)
+    weights = torch.exp(vals - vals[..., :1])
+    weights = weights / weights.sum(dim=2, keepdim=True)
+    out = _gather_readout(values_rows, idx.view(batch, m_query, top_k), weights, row_stride)
+    return out.view(batch, m_query, cv).transpose(1, 2).contiguous()
+
+
 # --------------------------------------------------------------------------------------------
 # top-k over the memory axis
 # --------------------------------------------------------------------------------------------
@@ -329,6 +426,11 @@ def read_memory(
 #: entries per kept entry (at top-k 50: 12,800 memory positions, about 8 frames at 480p);
 #: below it the library top-k is as fast.
 GROUPED_TOPK_MIN_RATIO = 256
+
+#: :func:`topk_last` gives float32 rows of at least this many entries per kept entry to the native
+#: kernel (at top-k 50: 6,400 memory positions, 4 frames at 480p; shorter rows have too few
+#: blocks for a threshold, and ``torch.topk`` is as fast).
+NATIVE_TOPK_MIN_RATIO = 128
 
 #: group sizes of the two levels of :func:`topk_grouped` (measured on 2 cores, AVX512, at 480p
 #: with 20 memory frames: 8 and 8 beat 16/4, 4/16 and 8/4)
@@ -339,20 +441,41 @@ def topk_last(x: torch.Tensor, k: int, scratch: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.topk(x, k, dim=-1)`` (sorted, descending): the same values and indices.
 
-    Long rows on the CPU without autograd go through :func:`topk_grouped`, which touches every
-    entry once for a maximum instead of running the library's selection over it. ``scratch``:
-    its group maxima go to a per-thread buffer kept between calls (:func:`release_scratch`).
+    Long float32 rows on the CPU without autograd go to the native kernel of
+    :mod:`model.native` (one read of the row for block maxima, then only the blocks that can
+    hold the top k); where it is off or unavailable, float32 / float64 rows go through
+    :func:`topk_grouped`. Rows either leaves undecided (ties, NaN) are redone with
+    ``torch.topk``. ``scratch``: :func:`topk_grouped`'s group maxima go to a per-thread buffer
+    kept between calls (:func:`release_scratch`).
     """
     n = x.shape[-1]
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+            or (x.requires_grad and torch.is_grad_enabled())):
+        return torch.topk(x, k, dim=-1)
+    if x.dtype == torch.float32 and n >= NATIVE_TOPK_MIN_RATIO * k:
+        lib = native.topk_library()
+        if lib is not None:
+            rows = x.reshape(-1, n)
+            vals, idx, ok = native.topk_rows(rows, k, lib)
+            vals, idx = _redo_rows(rows, k, vals, idx, ok)
+            return vals.view(*x.shape[:-1], k), idx.view(*x.shape[:-1], k)
     # bfloat16 / float16 rows hold many equal values, which the grouping hands back to the
     # library top-k: no gain there
-    if (n < GROUPED_TOPK_MIN_RATIO * k or x.device.type != "cpu"
-            or x.dtype not in (torch.float32, torch.float64)
-            or (x.requires_grad and torch.is_grad_enabled())):
+    if n < GROUPED_TOPK_MIN_RATIO * k:
         return torch.topk(x, k, dim=-1)
     rows = x.reshape(-1, n)
     vals, idx = topk_grouped(rows, k, scratch=scratch)
     return vals.view(*x.shape[:-1], k), idx.view(*x.shape[:-1], k)
+
+
+def _redo_rows(x: torch.Tensor, k: int, vals: torch.Tensor, idx: torch.Tensor,
+               exact: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``vals`` / ``idx`` with the rows where ``exact`` is False replaced by ``torch.topk``'s."""
+    if bool(exact.all()):
+        return vals, idx
+    redo = (~exact).nonzero().squeeze(1)
+    redo_vals, redo_idx = torch.topk(x.index_select(0, redo), k, dim=1)
+    return vals.index_copy(0, redo, redo_vals), idx.index_copy(0, redo, redo_idx)
 
 
 def topk_grouped(
@@ -406,12 +529,7 @@ def topk_grouped(
     exact = vals[:, k - 1] > unseen
     if k > 1:
         exact &= (vals[:, :-1] > vals[:, 1:]).all(dim=1)
-    if not bool(exact.all()):
-        redo = (~exact).nonzero().squeeze(1)
-        redo_vals, redo_idx = torch.topk(x.index_select(0, redo), k, dim=1)
-        vals = vals.index_copy(0, redo, redo_vals)
-        idx = idx.index_copy(0, redo, redo_idx)
-    return vals, idx
+    return _redo_rows(x, k, vals, idx, exact)
 
 
 def _members(ids: torch.Tensor, size: int, stride: int, tail_start: int,

@@ -30,3 +30,9 @@ fi
 # requirements.txt and util/davis_compat.py adapts it to today's NumPy/networkx/pandas.
 $PY -m pip install --quiet --no-deps --no-build-isolation "davisinteractive==1.0.4"
 $PY -m pip install --quiet --no-deps --no-build-isolation -e .
+# The memory read's native top-k kernel (model/native.py) is compiled once per machine with the
+# system C++ compiler; build it now so that the first run does not. Without a compiler the
+# PyTorch path is used (same results, slower read).
+$PY -c "import warnings; warnings.simplefilter('ignore'); from model import native; import sys; \
+sys.exit(0 if native.topk_library() is not None else 3)" \
+  || echo "install.sh: the native top-k kernel was not built (no C++ compiler?); the memory read uses its PyTorch path"

@@ -425,6 +425,7 @@ def test_grouped_topk_rows_with_ties_or_nan_follow_the_library():
 
 
 def test_topk_last_shapes_and_the_read_are_unchanged(monkeypatch):
+    monkeypatch.setenv("MIVOS_NATIVE", "0")  # the grouped path (tests/test_native.py: the kernel)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 900, generator=gen)
     monkeypatch.setattr(memory, "GROUPED_TOPK_MIN_RATIO", 64)
@@ -465,6 +466,7 @@ def test_scratch_buffers_serve_inference_mode_and_plain_no_grad():
 
 
 def test_topk_last_leaves_low_precision_rows_to_the_library(monkeypatch):
+    monkeypatch.setenv("MIVOS_NATIVE", "0")
     monkeypatch.setattr(memory, "GROUPED_TOPK_MIN_RATIO", 1)
     calls = []
     monkeypatch.setattr(memory, "topk_grouped",
