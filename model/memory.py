@@ -283,26 +283,36 @@ def read_memory(
     if m_query == 0:
         return mem_value.new_zeros(batch, cv, 0)
 
-    mem_sq = _squared_norms(mem_key) if similarity == "l2" else None
-
     values_rows = row_stride = None
     if top_k is not None:
         values_rows, row_stride = _value_rows(mem_value)
+
+    no_grad = not (torch.is_grad_enabled() and (mem_key.requires_grad or query_key.requires_grad))
+    autocast = torch.is_autocast_enabled("cpu")
+    if (top_k is not None and centres is None and no_grad and mem_key.device.type == "cpu"
+            and n_mem >= NATIVE_TOPK_MIN_RATIO * top_k
+            and (mem_key.dtype == query_key.dtype == torch.float32
+                 or (autocast and mem_key.dtype in _LOW_PRECISION
+                     and query_key.dtype in _LOW_PRECISION))):
+        lib = native.topk_library()
+        if lib is not None:
+            # under CPU autocast too the keys are compared in float32 (exact from bfloat16 /
+            # float16): the selection then sees distinct affinities instead of the many equal
+            # ones of a bfloat16 product, and the float32 read is as fast (docs/BENCHMARKS.md);
+            # the readout stays in the values' dtype
+            with torch.autocast("cpu", enabled=False):
+                keys = mem_key.float()
+                return _read_streamed(lib, keys, query_key.float(), values_rows, row_stride,
+                                      top_k, _squared_norms(keys) if similarity == "l2" else None,
+                                      max_elements)
+
+    mem_sq = _squared_norms(mem_key) if similarity == "l2" else None
 
     # on the CPU without autograd or autocast, the products and the top-k's group maxima are
     # written into per-thread scratch buffers kept from call to call (_SCRATCH): fresh pages cost
     # more than the top-k itself on the machines of docs/BENCHMARKS.md
     scratch = (mem_key.device.type == "cpu" and query_key.dtype == mem_key.dtype
-               and not torch.is_autocast_enabled("cpu")
-               and not (torch.is_grad_enabled()
-                        and (mem_key.requires_grad or query_key.requires_grad)))
-    if (top_k is not None and centres is None and scratch and mem_key.dtype == torch.float32
-            and n_mem >= NATIVE_TOPK_MIN_RATIO * top_k):
-        lib = native.topk_library()
-        if lib is not None:
-            return _read_streamed(lib, mem_key, query_key, values_rows, row_stride, top_k,
-                                  mem_sq, max_elements)
-
+               and not autocast and no_grad)
     pieces = []
     for start in range(0, m_query, chunk):
         stop = min(m_query, start + chunk)
@@ -347,6 +357,9 @@ def read_memory(
             pieces.append(out.view(batch, stop - start, cv).transpose(1, 2))
     return pieces[0].contiguous() if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
+
+#: dtypes whose keys the streamed read takes under CPU autocast (compared in float32)
+_LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
 
 #: Bound on the elements of one affinity slab of the streamed read (:func:`_read_streamed`):
 #: 2**21 = 8 MiB in float32, which stays in the last-level cache between the product that

@@ -223,3 +223,24 @@ def test_library_builds_where_it_is_asked_for(tmp_path, monkeypatch):
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     path = native.build_library()
     assert path.parent == tmp_path and path.suffix == ".so" and os.path.getsize(path) > 0
+
+
+@needs_compiler
+@pytest.mark.parametrize("similarity", ["dot", "l2"])
+def test_read_under_cpu_autocast_compares_keys_in_float32(lib, monkeypatch, similarity):
+    gen = torch.Generator().manual_seed(7)
+    mk = torch.randn(2, 16, 2_000, generator=gen).bfloat16()
+    mv = torch.randn(2, 2_000, 8, generator=gen).bfloat16().transpose(1, 2)
+    q = torch.randn(2, 16, 40, generator=gen).bfloat16()
+    monkeypatch.delenv(native.NATIVE_ENV, raising=False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = memory.read_memory(mk, mv, q, top_k=10, similarity=similarity)
+    with torch.no_grad():
+        ref = memory.read_memory(mk.float(), mv, q.float(), top_k=10, similarity=similarity)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, ref)
+    # the library path (no kernel) keeps autocast's bfloat16 product; it stays close
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = memory.read_memory(mk, mv, q, top_k=10, similarity=similarity)
+    assert plain.dtype == torch.bfloat16
+    assert (plain.float() - got.float()).abs().mean() < 0.1
