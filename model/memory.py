@@ -291,6 +291,7 @@ def read_memory(
     autocast = torch.is_autocast_enabled("cpu")
     if (top_k is not None and centres is None and no_grad and mem_key.device.type == "cpu"
             and n_mem >= NATIVE_TOPK_MIN_RATIO * top_k
+            and _stream_width(batch, m_query, max_elements) > 0
             and (mem_key.dtype == query_key.dtype == torch.float32
                  or (autocast and mem_key.dtype in _LOW_PRECISION
                      and query_key.dtype in _LOW_PRECISION))):
@@ -367,6 +368,16 @@ _LOW_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
 STREAM_SLAB_ELEMENTS = 2**21
 
 
+def _stream_width(batch: int, m_query: int, max_elements: int | None) -> int:
+    """Memory positions per slab of the streamed read: a multiple of 64 (the kernel's block)
+    with the slab within :data:`STREAM_SLAB_ELEMENTS` (or 64 positions, if more) and within
+    ``max_elements``; 0 when not even 64 positions fit the budget (the chunked read is used)."""
+    rows = max(1, batch * m_query)
+    budget = DEFAULT_MAX_ELEMENTS if max_elements is None else int(max_elements)
+    width = min(budget, max(STREAM_SLAB_ELEMENTS, 64 * rows)) // rows
+    return width - width % 64 if width >= 64 else 0
+
+
 def _read_streamed(lib, mem_key: torch.Tensor, query_key: torch.Tensor,
                    values_rows: torch.Tensor, row_stride: int, top_k: int,
                    mem_sq: torch.Tensor | None, max_elements: int | None) -> torch.Tensor:
@@ -382,11 +393,7 @@ def _read_streamed(lib, mem_key: torch.Tensor, query_key: torch.Tensor,
     """
     batch, ck, n_mem = mem_key.shape
     cv, m_query = values_rows.shape[1], query_key.shape[2]
-    budget = STREAM_SLAB_ELEMENTS if max_elements is None else min(STREAM_SLAB_ELEMENTS,
-                                                                    int(max_elements))
-    width = max(1, budget // max(1, batch * m_query))
-    if width >= 64:
-        width -= width % 64  # whole blocks of the kernel
+    width = _stream_width(batch, m_query, max_elements)
     q = scale_query(query_key).transpose(1, 2) if mem_sq is None else query_key
     q_sq = None if mem_sq is None else query_key.pow(2).sum(dim=1).unsqueeze(2)  # B x M x 1
     stream = native.TopkStream(batch * m_query, top_k, lib)
@@ -561,7 +568,8 @@ def _members(ids: torch.Tensor, size: int, stride: int, tail_start: int,
 class _Scratch(threading.local):
     """Per-thread CPU buffers that :func:`read_memory` writes its affinity blocks and group maxima
     into, kept from call to call (grown when a larger one is needed, never shrunk). At 480p with
-    20 memory frames and the default budget they hold about 75 MB."""
+    20 memory frames and the default budget the chunked read's hold about 75 MB; the streamed
+    read's one slab 8 MiB."""
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[str, torch.dtype, bool], torch.Tensor] = {}

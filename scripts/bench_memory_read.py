@@ -3,7 +3,13 @@
 Compares
   (a) the original dense top-k read: full N x M affinity, top-k over the memory axis, the k
       weights scattered into a zeroed N x M matrix, then a dense ``CV x N`` by ``N x M`` product;
-  (b) ``model.memory.read_memory``: query-chunked affinity, top-k, sparse gather readout.
+  (b) ``model.memory.read_memory``: where the native top-k kernel is available (model/native.py)
+      the streamed read (affinity in cache-sized slabs of memory positions, each merged into
+      every column's running top-k), else query-chunked affinity and the grouped top-k; then
+      the sparse gather readout;
+  (c) the same with the kernel turned off (``MIVOS_NATIVE=0``): the query-chunked read, also
+      with a budget of about four chunks;
+  (d) the affinity product alone (``torch.bmm``, M x CK by CK x N), the floor of any read.
 
 For each memory length T it reports the time of the whole read and of the readout step alone
 (from the top-k indices and weights to the ``CV x M`` result), the theoretical size of the
@@ -17,6 +23,7 @@ A second, smaller table compares the full-softmax (training) path unchunked vs c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,8 +39,11 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model import native  # noqa: E402
 from model.memory import (  # noqa: E402
     DEFAULT_MAX_ELEMENTS,
+    NATIVE_TOPK_MIN_RATIO,
+    STREAM_SLAB_ELEMENTS,
     _gather_readout,
     query_chunk_size,
     read_memory,
@@ -80,6 +90,25 @@ def dense_full_softmax(mem_key, mem_value, query_key):
     ck = mem_key.shape[1]
     aff = torch.einsum("bcn,bcm->bnm", mem_key, query_key / math.sqrt(ck))
     return torch.bmm(mem_value, torch.softmax(aff, dim=1))
+
+
+@contextlib.contextmanager
+def kernel_off():
+    """The native top-k kernel turned off (``MIVOS_NATIVE=0``) inside the block."""
+    old = os.environ.get(native.NATIVE_ENV)
+    os.environ[native.NATIVE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(native.NATIVE_ENV, None)
+        else:
+            os.environ[native.NATIVE_ENV] = old
+
+
+def chunked_read(*args, **kwargs):
+    with kernel_off():
+        return read_memory(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------ timing
@@ -156,8 +185,11 @@ def bench_one(cfg, t_frames, top_k, device, repeats, seed):
         ref = dense_read(mem_key, mem_value, query_key, top_k)
         ours = read_memory(mem_key, mem_value, query_key, top_k=top_k)
         diff = (ref - ours).abs()
-        diff_chunked = float((ref - read_memory(mem_key, mem_value, query_key, top_k=top_k,
-                                                max_elements=small_budget)).abs().max())
+        diff_chunked = float((ref - chunked_read(mem_key, mem_value, query_key, top_k=top_k,
+                                                 max_elements=small_budget)).abs().max())
+        streamed_equals_chunked = bool(torch.equal(
+            ours, chunked_read(mem_key, mem_value, query_key, top_k=top_k)))
+        scaled_query_t = (query_key / math.sqrt(ck)).transpose(1, 2)
 
         # shared top-k for timing the readout step alone
         aff_nm = torch.einsum("bcn,bcm->bnm", mem_key, query_key / math.sqrt(ck))
@@ -186,8 +218,10 @@ def bench_one(cfg, t_frames, top_k, device, repeats, seed):
         totals = time_many({
             "dense": run_dense,
             "ours": run_ours,
-            "ours_4_chunks": lambda: read_memory(mem_key, mem_value, query_key, top_k=top_k,
-                                                 max_elements=small_budget),
+            "gemm": lambda: torch.bmm(scaled_query_t, mem_key),
+            "ours_no_kernel": lambda: chunked_read(mem_key, mem_value, query_key, top_k=top_k),
+            "ours_4_chunks": lambda: chunked_read(mem_key, mem_value, query_key, top_k=top_k,
+                                                  max_elements=small_budget),
             "ours_values_ncv": lambda: read_memory(mem_key, mem_value_ncv, query_key,
                                                    top_k=top_k),
         }, device, repeats)
@@ -200,7 +234,12 @@ def bench_one(cfg, t_frames, top_k, device, repeats, seed):
         ours_peak = peak_bytes(run_ours, device)
 
     chunk = min(m_query, query_chunk_size(1, n_mem, None))
+    streamed = (native.topk_library() is not None and device.type == "cpu"
+                and n_mem >= NATIVE_TOPK_MIN_RATIO * top_k)
+    slab = min(n_mem, max(64, STREAM_SLAB_ELEMENTS // m_query // 64 * 64))
     row = {
+        "streamed": streamed,
+        "slab_positions": slab if streamed else None,
         "T": t_frames,
         "N": n_mem,
         "M": m_query,
@@ -219,6 +258,9 @@ def bench_one(cfg, t_frames, top_k, device, repeats, seed):
         row[f"{name}_readout_ms_min"] = low
     row.update({
         "total_speedup": totals["dense"][0] / totals["ours"][0],
+        "ours_over_gemm": totals["ours"][0] / totals["gemm"][0],
+        "no_kernel_over_gemm": totals["ours_no_kernel"][0] / totals["gemm"][0],
+        "streamed_equals_chunked": streamed_equals_chunked,
         "readout_speedup": readouts["dense"][0] / readouts["ours"][0],
         "total_speedup_values_ncv": totals["dense"][0] / totals["ours_values_ncv"][0],
         "readout_speedup_values_ncv": readouts["dense"][0] / readouts["ours_values_ncv"][0],
@@ -233,7 +275,7 @@ def bench_one(cfg, t_frames, top_k, device, repeats, seed):
         # theoretical largest single intermediate
         "dense_largest_intermediate_bytes": n_mem * m_query * elt,  # N x M affinity/weights
         "ours_largest_intermediate_bytes": max(
-            chunk * n_mem * elt,  # affinity block
+            (slab * m_query if streamed else chunk * n_mem) * elt,  # affinity slab / block
             n_mem * cv * elt,  # values laid out N x CV
             m_query * cv * elt,  # readout
         ),
@@ -305,12 +347,18 @@ def to_markdown(result):
         "after one warm-up, the variants interleaved within each round",
         "* **dense** = the original algorithm: full N x M affinity, top-k over memory, the k "
         "weights scattered into a zeroed N x M matrix, dense `CV x N @ N x M` product",
-        f"* **ours** = `model.memory.read_memory(..., top_k={result['top_k']})` with the "
-        f"default budget of {DEFAULT_MAX_ELEMENTS} affinity elements per query chunk ("
+        f"* **ours** = `model.memory.read_memory(..., top_k={result['top_k']})`: "
+        + ", ".join(f"T={r['T']}: " + (f"streamed, slabs of {r['slab_positions']} memory "
+                                        "positions x all query positions" if r.get("streamed")
+                                        else "chunked (no native kernel)") for r in rows)
+        + "; then the sparse readout. **GEMM** = the affinity product alone (`torch.bmm`, "
+        "its output allocated by the call). **no kernel** = the same read with "
+        f"`MIVOS_NATIVE=0`: the default budget of {DEFAULT_MAX_ELEMENTS} affinity elements per "
+        "query chunk ("
         + ", ".join(f"T={r['T']}: {-(-r['M'] // r['query_chunk'])} chunk(s)" for r in rows)
-        + "), the grouped top-k where N >= 256 k and the sparse readout; **4 chunks** = the same "
-        "with a budget of N*M/4; **N x CV values** = the values passed as a transposed view of "
-        "an `N x CV` tensor, which saves the layout copy",
+        + ") and the grouped top-k where N >= 256 k; **4 chunks** = that with a budget of "
+        "N*M/4; **N x CV values** = ours with the values passed as a transposed view of an "
+        "`N x CV` tensor (as the memory bank keeps them), which saves the layout copy",
         "* **readout** = the step from the top-k indices and weights to the `CV x M` result "
         "(dense: zero + scatter + bmm; ours: copy of the values into `N x CV` layout + fused "
         "gather and weighted sum via `embedding_bag`)",
@@ -319,22 +367,26 @@ def to_markdown(result):
         "",
         "Whole read:",
         "",
-        "| T | N | dense ms | ours ms | speed-up | ours, 4 chunks ms | ours, N x CV values ms "
+        "| T | N | dense ms | ours ms | speed-up | GEMM ms | ours / GEMM | no kernel ms "
+        "| no kernel / GEMM | no kernel, 4 chunks ms | ours, N x CV values ms "
         "| speed-up (N x CV values) | largest intermediate MiB dense / ours / 4 chunks "
-        "| max abs diff dense vs ours (4 chunks) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| max abs diff dense vs ours (4 chunks) | ours = no kernel, bit for bit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['T']} | {r['N']} | {r['dense_total_ms_median']:.1f} "
             f"| {r['ours_total_ms_median']:.1f} | {r['total_speedup']:.2f}x "
+            f"| {r['gemm_total_ms_median']:.1f} | {r['ours_over_gemm']:.2f}x "
+            f"| {r['ours_no_kernel_total_ms_median']:.1f} | {r['no_kernel_over_gemm']:.2f}x "
             f"| {r['ours_4_chunks_total_ms_median']:.1f} "
             f"| {r['ours_values_ncv_total_ms_median']:.1f} "
             f"| {r['total_speedup_values_ncv']:.2f}x "
             f"| {_mib(r['dense_largest_intermediate_bytes'])} / "
             f"{_mib(r['ours_largest_intermediate_bytes'])} / "
             f"{_mib(r['ours_4_chunks_largest_intermediate_bytes'])} "
-            f"| {r['max_abs_diff']:.1e} ({r['max_abs_diff_4_chunks']:.1e}) |"
+            f"| {r['max_abs_diff']:.1e} ({r['max_abs_diff_4_chunks']:.1e}) "
+            f"| {'yes' if r['streamed_equals_chunked'] else 'no'} |"
         )
     out += [
         "",
@@ -380,7 +432,12 @@ def to_markdown(result):
         "layout (the difference between the two \"ours\" readout columns). A memory bank that stores values "
         "channel-last and passes a permuted view avoids that copy.",
         "* After the readout is made sparse, the affinity product (`2*N*M*CK` flops, "
-        "the same in both) and the top-k over N dominate the read.",
+        "the same in both) and the top-k over N dominate the read. The streamed read "
+        "writes each slab of the product into a cache-sized buffer and selects from it "
+        "while it is still in the cache, so it costs little more than the product alone "
+        "(\"ours / GEMM\"); the chunked read writes and reads back blocks larger than the "
+        "cache and runs a separate top-k (\"no kernel / GEMM\"). Both return the same "
+        "tensor (last column).",
         "* \"max abs diff\" compares the two reads on the same inputs. Query columns whose "
         "top-k sets differ between the two affinity layouts (possible only on near-ties): "
         + ", ".join(f"T={r['T']}: {r['topk_set_mismatch_columns']} of {r['M']}" for r in rows)

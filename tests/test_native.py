@@ -244,3 +244,21 @@ def test_read_under_cpu_autocast_compares_keys_in_float32(lib, monkeypatch, simi
         plain = memory.read_memory(mk, mv, q, top_k=10, similarity=similarity)
     assert plain.dtype == torch.bfloat16
     assert (plain.float() - got.float()).abs().mean() < 0.1
+
+
+@needs_compiler
+def test_a_budget_below_64_positions_per_slab_keeps_the_chunked_read(lib, monkeypatch):
+    gen = torch.Generator().manual_seed(9)
+    mk = torch.randn(2, 8, 1_500, generator=gen)
+    mv = torch.randn(2, 4, 1_500, generator=gen)
+    q = torch.randn(2, 8, 30, generator=gen)
+    assert memory._stream_width(2, 30, 60 * 63) == 0  # 63 positions of 60 rows: too few
+    assert memory._stream_width(2, 30, 60 * 130) == 128
+    assert memory._stream_width(2, 30, None) == memory.STREAM_SLAB_ELEMENTS // 60 // 64 * 64
+    spy = []
+    real = native.TopkStream.update
+    monkeypatch.setattr(native.TopkStream, "update",
+                        lambda self, x, offset=None: spy.append(x.shape) or real(self, x, offset))
+    small = _read(mk, mv, q, 5, "dot", True, monkeypatch, 60 * 63)
+    assert spy and all(shape[1] == 1_500 for shape in spy)  # whole rows: topk_last's chunks
+    assert torch.equal(small, _read(mk, mv, q, 5, "dot", False, monkeypatch, 60 * 63))
