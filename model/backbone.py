@@ -47,9 +47,9 @@ class StemMaxPool(nn.MaxPool2d):
     strided views of the input, the window's rows (columns) beyond the border left out instead
     of padded: the library's NCHW kernel takes a scalar loop per output element, and a copy
     padded with ``F.pad`` costs more than the maxima (measured on 2 cores, 64 x 240 x 432
-    float32, interleaved, medians of 9: library 47 ms, maxima of a padded copy 52 ms, these
-    maxima 9 ms; bfloat16: library 31 ms, these 8 ms). A maximum is exact in any order, so the
-    values are identical. Where a gradient is needed
+    float32, interleaved, medians of 9-15 rounds: library 44-49 ms, maxima of a padded copy
+    52 ms, these maxima 9-19 ms; bfloat16: library 31-49 ms, these 6-8 ms). A maximum is exact
+    in any order, so the values are identical. Where a gradient is needed
     (training), on other devices or layouts, the library's operator runs: its gradient goes to
     one input of each window, where a maximum of views would split it between tied inputs.
     """
@@ -69,15 +69,19 @@ def _max3_stride2(x: torch.Tensor, dim: int) -> torch.Tensor:
     the window cut at the borders: a 3-wide max-pool, stride 2, padding 1, along one axis."""
     n = x.shape[dim]
     out_len = (n - 1) // 2 + 1
-    out = x.narrow(dim, 0, n).unfold(dim, 1, 2).squeeze(-1).clone()  # positions 0, 2, ...
+    even = x.unfold(dim, 1, 2).squeeze(-1)  # positions 0, 2, ... (out_len of them)
     after = n // 2  # windows with a position 2i + 1 inside
-    if after:
-        nxt = x.narrow(dim, 1, 2 * after - 1).unfold(dim, 1, 2).squeeze(-1)  # 1, 3, ...
-        head = out.narrow(dim, 0, after)
-        torch.maximum(head, nxt, out=head)
-        if out_len > 1:  # position 2i - 1 for i >= 1: the same odd positions, one window later
-            tail = out.narrow(dim, 1, out_len - 1)
-            torch.maximum(tail, nxt.narrow(dim, 0, out_len - 1), out=tail)
+    if not after:
+        return even.clone()
+    odd = x.narrow(dim, 1, 2 * after - 1).unfold(dim, 1, 2).squeeze(-1)  # 1, 3, ...
+    shape = list(even.shape)
+    out = x.new_empty(shape)
+    torch.maximum(even.narrow(dim, 0, after), odd, out=out.narrow(dim, 0, after))
+    if out_len > after:  # n odd: the last window holds no position 2i + 1
+        out.narrow(dim, after, 1).copy_(even.narrow(dim, after, 1))
+    if out_len > 1:  # position 2i - 1 for i >= 1: the same odd positions, one window later
+        tail = out.narrow(dim, 1, out_len - 1)
+        torch.maximum(tail, odd.narrow(dim, 0, out_len - 1), out=tail)
     return out
 
 
