@@ -67,8 +67,9 @@ a reused one.
 
 Streamed top-k read (the inference path on the CPU)
 ---------------------------------------------------
-With top-k, float32, on the CPU without autograd or autocast, without kernelized memory, and with
-at least ``128 k`` memory positions, the read goes the other way round (``_read_streamed``): the
+With top-k on the CPU without autograd, without kernelized memory, with at least ``128 k`` memory
+positions and room for 64 of them per slab in the budget, in float32 (under CPU autocast the
+keys are compared in float32 too), the read goes the other way round (``_read_streamed``): the
 affinity is made a *slab of memory positions* at a time, for all query columns (at most
 :data:`STREAM_SLAB_ELEMENTS` = 2**21 elements, 8 MiB, so the slab is still in the cache when it
 is read back), and the native kernel of :mod:`model.native` merges each slab into every column's
@@ -78,10 +79,12 @@ once and read once from the cache instead of from memory. A slab's product gives
 bit for bit what the whole product gives, so the selection is the one ``torch.topk`` makes on
 whole rows; a column whose order is not unique (tied values at or above its k-th, a NaN) is
 recomputed as a whole row and given to ``torch.topk``. Weights and readout are those of the
-chunked path, so the two return the same tensor (``tests/test_native.py``). At 480p with 10
-memory frames on 2 cores this read takes 1.06-1.12x the time of its affinity product alone,
-against 1.5-1.8x for the chunked read (``docs/BENCHMARKS.md``). Without a compiler, or with
-``MIVOS_NATIVE=0``, the chunked path below is used.
+chunked path, so the two return the same tensor (``tests/test_native.py``). At 480p on 2 cores
+this read takes 1.01x (``lite``, CK 64) and 1.37x (``mivos``, CK 128) the time of its affinity
+product alone with 10 memory frames (``docs/BENCHMARKS.md``; the chunked read 2.01x and 1.55x in
+the run before), and 1.27x with 20 frames against 1.68x for the chunked read
+(``docs/BENCH_MEMORY_READ.md``). Without a compiler, or with ``MIVOS_NATIVE=0``, the chunked path
+below is used.
 
 The top-k over the N memory positions of the chunked path (the library's selection reads every
 entry into a heap of (value, index) pairs) runs on long rows as :func:`topk_grouped`: maxima of
