@@ -1,12 +1,13 @@
 """Optional native kernels: compiled on first use with the system's C++ compiler.
 
-One kernel so far, ``csrc/topk_select.cpp``: the exact top-k along the rows of a float32 matrix,
-used by :func:`model.memory.topk_last` for the memory read's selection. It reads a row once for
-the maxima of blocks of 64 entries, takes the k-th largest maximum as a threshold, and looks again
-only at the blocks that reach it; on 2 cores it selects the top 50 of 517 rows of 32,400 entries
-about 4x faster than ``torch.topk`` (``scripts/bench_memory_read.py``). A row whose order is not
-unique (a tie among its k values or at the k-th, or a NaN) is reported and left to
-``torch.topk``, so the result is always ``torch.topk``'s.
+One kernel so far, ``csrc/topk_select.cpp``: the exact top-k along the rows of a float32 matrix
+whose columns may arrive in slabs (:class:`TopkStream`), used by the memory read
+(:func:`model.memory.read_memory`: its streamed path, and :func:`model.memory.topk_last`). Each
+row keeps its k+1 largest values so far; a slab is read once for the maxima of blocks of 64
+entries, and only the blocks whose maximum beats the row's (k+1)-th value are looked at again.
+A row whose order is not unique (a tie among its k values or at the k-th, or a NaN) is reported
+and left to ``torch.topk``, so the result is always ``torch.topk``'s. The measured effect on the
+read is in ``docs/BENCHMARKS.md`` and ``docs/BENCH_MEMORY_READ.md``.
 
 Building
 --------
