@@ -1,14 +1,14 @@
 // Exact top-k along the rows of a float32 matrix whose columns arrive in slabs.
 //
 // The memory read computes its affinity a slab of memory positions at a time (small enough to stay
-// in the cache) and hands each slab here. Every row keeps its k+1 largest values so far (the
-// "state", unordered). For a slab, each row:
+// in the cache) and hands each slab here. Every row keeps its k+1 largest values so far in a
+// min-heap (the "state"). For a slab, each row:
 //   * reads its entries once for the maxima of blocks of B entries (vectorised), and notes a NaN;
-//   * takes a threshold t below which no entry can enter: the smallest state value when the state
-//     is full, else the (k+1)-th largest of the block maxima and the state values together (each
-//     of those stands for a distinct entry at or above it, so k+1 entries reach t);
-//   * looks only at the blocks whose maximum reaches t and merges their entries at or above t with
-//     the state, keeping the k+1 largest.
+//   * with a full heap, looks again only at the blocks whose maximum beats the heap's smallest
+//     value, and there only at the entries above it, each replacing the smallest;
+//   * with room in the heap, takes as threshold the (k+1)-th largest of the block maxima and the
+//     heap's values together (each stands for a distinct entry at or above it, so k+1 entries
+//     reach it) and cuts the entries at or above it, with the heap's, to the k+1 largest.
 // At the end the state is sorted. The top k is trusted only where the order is unique: the k values
 // strictly decreasing and the k-th strictly above the (k+1)-th (the largest value outside the
 // top k). A row with a tie there, or with a NaN, is reported (ok = 0) and left to the caller's
