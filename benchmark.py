@@ -114,7 +114,7 @@ from inference.inference_core import InferenceConfig, InferenceCore
 from model.presets import PROPAGATION_ARCHS, build_fusion, build_propagation, build_s2m
 from util import HUGE_PAGES_ENV, transparent_huge_pages_mode
 from util.amp import autocast, long_amp_name, native_bf16
-from util.device import cpu_model, usable_cores
+from util.device import cpu_flags, cpu_model, usable_cores
 from util.tensor_util import pad_divide_by
 
 ROOT = Path(__file__).resolve().parent
@@ -209,18 +209,6 @@ def load_average() -> float | None:
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
-def cpu_flag_set() -> set[str]:
-    """The feature flags of the first CPU in /proc/cpuinfo (empty when unreadable)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_capability() -> str:
     """The vector instruction level torch dispatches its CPU kernels to (e.g. AVX2, AVX512)."""
     try:
@@ -234,7 +222,7 @@ def bf16_skip_reason() -> str | None:
     the reason the CPU bf16 autocast rows are skipped."""
     if native_bf16():
         return None
-    flags = cpu_flag_set()
+    flags = cpu_flags()
     have = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return (f"this CPU has no native bf16: torch CPU capability {cpu_capability()}, flags "
             f"{', '.join(have) if have else 'none of avx512f / avx512_bf16 / amx_bf16'} "
@@ -244,7 +232,7 @@ def bf16_skip_reason() -> str | None:
 
 def machine_info() -> dict:
     usable = usable_cores()
-    flags = cpu_flag_set()
+    flags = cpu_flags()
     info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from util.device import cpu_flags
+
 __all__ = [
     "CACHE_ENV",
     "NATIVE_ENV",
@@ -93,15 +95,8 @@ def find_compiler() -> str | None:
 
 
 def _cpu_flags() -> str:
-    """The CPU's feature flags (``-march=native`` builds for them)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()}"
+    """The CPU's feature flags (``-march=native`` builds for them), as one string."""
+    return " ".join(sorted(cpu_flags())) or f"{platform.machine()} {platform.processor()}"
 
 
 def _compiler_version(compiler: str) -> str:

@@ -35,6 +35,8 @@ import warnings
 
 import torch
 
+from util.device import cpu_flags
+
 __all__ = ["ALLOW_EMULATED_ENV", "AMP_CHOICES", "AMP_DTYPES", "AMP_FLAG_CHOICES",
            "EmulatedPrecisionWarning", "amp_dtype", "auto_amp", "autocast", "canonical_amp",
            "native_bf16", "native_fp16", "resolve_amp"]
@@ -96,15 +98,8 @@ def autocast(device: torch.device | str, amp: str | None) -> contextlib.Abstract
 
 
 def _cpu_flags() -> set[str]:
-    """The CPU feature flags of Linux's /proc/cpuinfo (empty elsewhere or when unreadable)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
+    """The CPU feature flags (:func:`util.device.cpu_flags`; the tests replace this)."""
+    return cpu_flags()
 
 
 def native_bf16() -> bool:

@@ -4,7 +4,7 @@
 when available, else the CPU; ``cuda`` without an index becomes ``cuda:<local_rank>`` (the
 process's GPU under torchrun). Asking for CUDA where there is none is a ValueError naming the
 option. :func:`usable_cores` is the number of CPU cores the process may run on, :func:`cpu_model`
-the processor's name for the benchmark reports.
+the processor's name and :func:`cpu_flags` its feature flags.
 
 This module imports nothing from ``model/``, ``dataset/`` or ``inference/``.
 """
@@ -16,7 +16,7 @@ import platform
 
 import torch
 
-__all__ = ["cpu_model", "resolve_device", "usable_cores"]
+__all__ = ["cpu_flags", "cpu_model", "resolve_device", "usable_cores"]
 
 
 def cpu_model() -> str:
@@ -29,6 +29,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``, first processor; empty elsewhere or when
+    unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def usable_cores() -> int:
