@@ -381,6 +381,14 @@ def _stream_width(batch: int, m_query: int, max_elements: int | None) -> int:
     return width - width % 64 if width >= 64 else 0
 
 
+def _l2_from_products_(ab: torch.Tensor, mem_sq: torch.Tensor, q_sq: torch.Tensor,
+                       ck: int) -> torch.Tensor:
+    """In place: the products ``k_M.k_Q`` (``... x m x n``) become the L2 affinity
+    ``(2 k_M.k_Q - |k_M|^2 - |k_Q|^2) / sqrt(CK)`` in the order :func:`_l2_block` forms it
+    (``mem_sq`` broadcast over the query rows, ``q_sq`` over the memory columns)."""
+    return ab.mul_(2).sub_(mem_sq).sub_(q_sq).div_(math.sqrt(ck))
+
+
 def _read_streamed(lib, mem_key: torch.Tensor, query_key: torch.Tensor,
                    values_rows: torch.Tensor, row_stride: int, top_k: int,
                    mem_sq: torch.Tensor | None, max_elements: int | None) -> torch.Tensor:
@@ -406,9 +414,9 @@ def _read_streamed(lib, mem_key: torch.Tensor, query_key: torch.Tensor,
         out = buf[:batch * m_query * (stop - start)].view(batch, m_query, stop - start)
         if mem_sq is None:
             torch.bmm(q, mem_key[:, :, start:stop], out=out)
-        else:  # (2 k_M.k_Q - |k_M|^2 - |k_Q|^2) / sqrt(CK), as _l2_block forms it
+        else:
             torch.bmm(q.transpose(1, 2), mem_key[:, :, start:stop], out=out)
-            out.mul_(2).sub_(mem_sq[:, :, start:stop]).sub_(q_sq).div_(math.sqrt(ck))
+            _l2_from_products_(out, mem_sq[:, :, start:stop], q_sq, ck)
         stream.update(out.view(batch * m_query, stop - start), start)
     vals, idx, ok = stream.finish()
     if not bool(ok.all()):
@@ -429,8 +437,7 @@ def _read_streamed(lib, mem_key: torch.Tensor, query_key: torch.Tensor,
                 aff = torch.mm(q[b].index_select(0, pick), mem_key[b])
             else:  # the slabs' arithmetic, on whole rows
                 aff = torch.mm(query_key[b].t().index_select(0, pick), mem_key[b])
-                aff.mul_(2).sub_(mem_sq[b]).sub_(q_sq[b].index_select(0, pick))
-                aff.div_(math.sqrt(ck))
+                _l2_from_products_(aff, mem_sq[b], q_sq[b].index_select(0, pick), ck)
             aff = aff.index_select(0, first)
             redo_vals, redo_idx = torch.topk(aff, top_k, dim=1)
             vals[rows], idx[rows] = redo_vals, redo_idx
