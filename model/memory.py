@@ -73,13 +73,16 @@ keys are compared in float32 too), the read goes the other way round (``_read_st
 affinity is made a *slab of memory positions* at a time, for all query columns (at most
 :data:`STREAM_SLAB_ELEMENTS` = 2**21 elements, 8 MiB, so the slab is still in the cache when it
 is read back), and the native kernel of :mod:`model.native` merges each slab into every column's
-running top-k (block maxima against the column's current (k+1)-th value; only the few blocks that
-beat it are looked at again). The full ``M x N`` affinity is never held, and each slab is written
+running top-k (vector compares of blocks of 64 against the column's current (k+1)-th value; only
+the few entries that beat it are looked at one by one). The full ``M x N`` affinity is never held, and each slab is written
 once and read once from the cache instead of from memory. A slab's product gives every affinity
 bit for bit what the whole product gives, so the selection is the one ``torch.topk`` makes on
 whole rows; a column whose order is not unique (tied values at or above its k-th, a NaN) is
-recomputed as a whole row and given to ``torch.topk``. Weights and readout are those of the
-chunked path, so the two return the same tensor (``tests/test_native.py``). At 480p on 2 cores
+recomputed as a whole row and given to ``torch.topk``. The weights are those of the chunked
+path; the readout is the native one (:func:`model.native.readout`: the same sums as the
+``embedding_bag`` below, bit for bit where :func:`model.native.readout_matches_library` says so,
+else that ``embedding_bag`` itself), written straight into the ``B x CV x M`` result. So the two
+paths return the same tensor (``tests/test_native.py``). At 480p on 2 cores
 this read takes 1.01x (``lite``, CK 64) and 1.37x (``mivos``, CK 128) the time of its affinity
 product alone with 10 memory frames (``docs/BENCHMARKS.md``; the chunked read 2.01x and 1.55x in
 the run before), and 1.27x with 20 frames against 1.68x for the chunked read
@@ -441,10 +444,13 @@ def _read_streamed(lib, mem_key: torch.Tensor, query_key: torch.Tensor,
             aff = aff.index_select(0, first)
             redo_vals, redo_idx = torch.topk(aff, top_k, dim=1)
             vals[rows], idx[rows] = redo_vals, redo_idx
-    vals = vals.view(batch, m_query, top_k)
+    vals, idx = vals.view(batch, m_query, top_k), idx.view(batch, m_query, top_k)
     weights = torch.exp(vals - vals[..., :1])
     weights = weights / weights.sum(dim=2, keepdim=True)
-    out = _gather_readout(values_rows, idx.view(batch, m_query, top_k), weights, row_stride)
+    if values_rows.dtype == torch.float32 and native.readout_matches_library(lib):
+        # the same sums as _gather_readout, written straight into the B x CV x M layout
+        return native.readout(values_rows, row_stride, idx, weights, n_mem, lib)
+    out = _gather_readout(values_rows, idx, weights, row_stride)
     return out.view(batch, m_query, cv).transpose(1, 2).contiguous()
 
 

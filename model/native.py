@@ -1,13 +1,19 @@
 """Optional native kernels: compiled on first use with the system's C++ compiler.
 
-One kernel so far, ``csrc/topk_select.cpp``: the exact top-k along the rows of a float32 matrix
-whose columns may arrive in slabs (:class:`TopkStream`), used by the memory read
-(:func:`model.memory.read_memory`: its streamed path, and :func:`model.memory.topk_last`). Each
-row keeps its k+1 largest values so far; a slab is read once for the maxima of blocks of 64
-entries, and only the blocks whose maximum beats the row's (k+1)-th value are looked at again.
-A row whose order is not unique (a tie among its k values or at the k-th, or a NaN) is reported
-and left to ``torch.topk``, so the result is always ``torch.topk``'s. The measured effect on the
-read is in ``docs/BENCHMARKS.md`` and ``docs/BENCH_MEMORY_READ.md``.
+``csrc/topk_select.cpp`` holds the two native steps of the top-k memory read
+(:func:`model.memory.read_memory`: its streamed path, and :func:`model.memory.topk_last`):
+
+* the exact top-k along the rows of a float32 matrix whose columns may arrive in slabs
+  (:class:`TopkStream`). Each row keeps its k+1 largest values so far; a slab is compared a
+  block of 64 entries at a time with the row's (k+1)-th value (vector compares into a bit
+  mask), and only the entries above it are looked at one by one. A row whose order is not
+  unique (a tie among its k values or at the k-th, or a NaN) is reported and left to
+  ``torch.topk``, so the result is always ``torch.topk``'s;
+* the readout (:func:`readout`): the weighted sum of the k selected value rows of every query
+  column, with the arithmetic of ``F.embedding_bag`` (so the same bits, checked on the machine
+  by :func:`readout_matches_library`), written straight into the ``B x CV x M`` layout.
+
+The measured effect on the read is in ``docs/BENCHMARKS.md`` and ``docs/BENCH_MEMORY_READ.md``.
 
 Building
 --------
@@ -40,6 +46,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from util.device import cpu_flags
 
@@ -52,6 +59,8 @@ __all__ = [
     "cache_dir",
     "enabled",
     "library_path",
+    "readout",
+    "readout_matches_library",
     "topk_library",
     "topk_rows",
 ]
@@ -61,7 +70,7 @@ NATIVE_ENV = "MIVOS_NATIVE"
 #: Directory for the compiled libraries (default: ``$XDG_CACHE_HOME/mivos-rebuilt/native``).
 CACHE_ENV = "MIVOS_NATIVE_CACHE"
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 SOURCE = Path(__file__).resolve().parent / "csrc" / "topk_select.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 
@@ -161,6 +170,9 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.mivos_topk_finish_f32.argtypes = [_I64, _I64, _POINTER, _POINTER, _POINTER, _POINTER,
                                           _POINTER, _POINTER, _INT]
     lib.mivos_topk_state_bytes.restype = _I64
+    lib.mivos_readout_f32.restype = _INT
+    lib.mivos_readout_f32.argtypes = [_POINTER, _I64, _I64, _I64, _POINTER, _POINTER, _I64, _I64,
+                                      _I64, _I64, _POINTER, _INT]
     return lib
 
 
@@ -187,8 +199,9 @@ def topk_library() -> ctypes.CDLL | None:
 
 class TopkStream:
     """Exact top-k of ``rows`` rows whose columns arrive in slabs (:meth:`update`), sorted
-    descending at :meth:`finish`. Each row keeps its k+1 largest values so far; a slab is read
-    once for block maxima, and only blocks that can change the kept values are looked at again.
+    descending at :meth:`finish`. Each row keeps its k+1 largest values so far; a slab is
+    compared with them a block at a time, and only entries that change them are looked at one
+    by one.
     """
 
     def __init__(self, rows: int, k: int, lib: ctypes.CDLL | None = None) -> None:
@@ -260,3 +273,78 @@ def topk_rows(x: torch.Tensor, k: int, lib: ctypes.CDLL | None = None
     stream = TopkStream(x.shape[0], k, lib)
     stream.update(x, 0)
     return stream.finish()
+
+
+def readout(values_rows: torch.Tensor, item_offset: int, idx: torch.Tensor,
+            weights: torch.Tensor, n: int, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """The top-k read's weighted sum of value rows, ``B x CV x M`` (float32, contiguous).
+
+    values_rows: float32 rows of CV on the CPU (unit column stride); batch item b's memory
+    position j is row ``b * item_offset + j`` (``item_offset`` 0: one set of rows shared by
+    all items). idx, weights: ``B x M x k`` (int64 indices in ``[0, n)``, float32 weights).
+    Each column is summed as ``F.embedding_bag(..., mode="sum", per_sample_weights=...)`` sums
+    it (one fused multiply-add per element, in the order of the k selections), so the result is
+    that call's, transposed, where :func:`readout_matches_library` holds.
+    """
+    lib = lib or topk_library()
+    if lib is None:
+        raise NativeBuildError("the native kernels are not available")
+    if values_rows.dim() != 2 or values_rows.dtype != torch.float32 or values_rows.stride(1) != 1:
+        raise ValueError(f"values_rows must be 2-D float32 rows with unit column stride, got "
+                         f"{tuple(values_rows.shape)} {values_rows.dtype} "
+                         f"strides {values_rows.stride()}")
+    if idx.dim() != 3 or weights.shape != idx.shape:
+        raise ValueError(f"idx and weights must both be B x M x k, got {tuple(idx.shape)} and "
+                         f"{tuple(weights.shape)}")
+    batch, m, k = idx.shape
+    cv = values_rows.shape[1]
+    if n < 1 or (batch - 1) * item_offset + n > values_rows.shape[0]:
+        raise ValueError(f"{batch} item(s) of {n} rows {item_offset} apart do not fit in "
+                         f"{values_rows.shape[0]} rows")
+    out = torch.empty(batch, cv, m, dtype=torch.float32)
+    if out.numel() == 0:
+        return out
+    if k == 0:
+        return out.zero_()
+    idx = idx.to(torch.int64).contiguous()
+    weights = weights.to(torch.float32).contiguous()
+    status = lib.mivos_readout_f32(values_rows.data_ptr(), max(cv, values_rows.stride(0)),
+                                   item_offset, n, idx.data_ptr(), weights.data_ptr(), batch, m,
+                                   k, cv, out.data_ptr(), _threads())
+    if status == -2:
+        raise IndexError(f"an index of the readout lies outside [0, {n})")
+    if status != 0:
+        raise RuntimeError(f"native readout refused B={batch} M={m} k={k} CV={cv}")
+    return out
+
+
+def readout_matches_library(lib: ctypes.CDLL | None = None) -> bool:
+    """Whether :func:`readout` gives ``F.embedding_bag``'s sums bit for bit on this machine
+    (checked once per process on a few random problems: channel counts with and without a
+    vector tail, k = 1 and 50, two batch items). The streamed read uses the native readout only
+    then, so that it returns the chunked read's tensor."""
+    lib = lib or topk_library()
+    if lib is None:
+        return False
+    key = ("readout_ok", id(lib))
+    with _LOCK:
+        if key not in _STATE:
+            _STATE[key] = _check_readout(lib)
+        return bool(_STATE[key])
+
+
+def _check_readout(lib: ctypes.CDLL) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    for batch, n, m, cv, k in ((2, 300, 37, 512, 50), (1, 90, 20, 100, 1), (2, 64, 33, 7, 5)):
+        values = torch.randn(batch * n, cv, generator=gen)
+        idx = torch.randint(0, n, (batch, m, k), generator=gen)
+        weights = torch.rand(batch, m, k, generator=gen)
+        flat = (idx + torch.arange(batch).mul(n).view(batch, 1, 1)).view(batch * m, k)
+        with torch.no_grad():
+            expected = F.embedding_bag(flat, values, mode="sum",
+                                       per_sample_weights=weights.view(batch * m, k))
+        got = readout(values, n, idx, weights, n, lib)
+        if not torch.equal(got, expected.view(batch, m, cv).transpose(1, 2)):
+            return False
+    return True
+

@@ -124,23 +124,108 @@ def _read(mk, mv, q, k, similarity, native_on, monkeypatch, max_elements):
 
 @needs_compiler
 @pytest.mark.parametrize("similarity", ["dot", "l2"])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_streamed_read_equals_the_chunked_read(lib, monkeypatch, similarity, batch):
+@pytest.mark.parametrize("batch,cv", [(1, 8), (3, 8), (2, 300)])
+def test_streamed_read_equals_the_chunked_read(lib, monkeypatch, similarity, batch, cv):
     gen = torch.Generator().manual_seed(batch)
     n = 3_000
     mk = torch.randn(batch, 16, n, generator=gen)
     mk[:, :, 2_000:2_100] = mk[:, :, 100:200]  # repeated memory positions: tied affinities
-    mv = torch.randn(batch, n, 8, generator=gen).transpose(1, 2)  # the bank's row layout
+    mv = torch.randn(batch, n, cv, generator=gen).transpose(1, 2)  # the bank's row layout
     q = torch.randn(1, 16, 77, generator=gen)  # one query broadcast to the batch
-    spy = []
-    real = native.TopkStream.update
+    native_readout = native.readout_matches_library(lib)  # (its check calls readout)
+    spy, readouts = [], []
+    real, real_readout = native.TopkStream.update, native.readout
     monkeypatch.setattr(native.TopkStream, "update",
                         lambda self, x, offset=None: spy.append(x.shape) or real(self, x, offset))
+    monkeypatch.setattr(native, "readout",
+                        lambda *a, **kw: readouts.append(1) or real_readout(*a, **kw))
     streamed = _read(mk, mv, q, 10, similarity, True, monkeypatch, 2**14)
     assert len(spy) > 1 and all(s[0] == batch * 77 for s in spy)  # several slabs, all columns
+    assert readouts == ([1] if native_readout else [])
     chunked = _read(mk, mv, q, 10, similarity, False, monkeypatch, 2**22)
     assert torch.equal(streamed, chunked)
-    assert streamed.is_contiguous() and streamed.shape == (batch, 8, 77)
+    assert streamed.is_contiguous() and streamed.shape == (batch, cv, 77)
+
+
+@needs_compiler
+def test_streamed_read_without_the_native_readout_is_the_same(lib, monkeypatch):
+    gen = torch.Generator().manual_seed(11)
+    mk = torch.randn(2, 16, 3_000, generator=gen)
+    mv = torch.randn(2, 3_000, 40, generator=gen).transpose(1, 2)
+    q = torch.randn(2, 16, 50, generator=gen)
+    with_readout = _read(mk, mv, q, 10, "dot", True, monkeypatch, 2**14)
+    native.readout_matches_library(lib)  # checked before readout is taken away
+    monkeypatch.setattr(native, "readout_matches_library", lambda lib=None: False)
+    monkeypatch.setattr(native, "readout", None)  # would fail if called
+    without = _read(mk, mv, q, 10, "dot", True, monkeypatch, 2**14)
+    assert torch.equal(with_readout, without)
+
+
+def _bag_readout(values, offset, idx, weights):
+    batch, m, k = idx.shape
+    flat = (idx + torch.arange(batch).mul(offset).view(batch, 1, 1)).view(batch * m, k)
+    out = torch.nn.functional.embedding_bag(flat, values, mode="sum",
+                                            per_sample_weights=weights.reshape(batch * m, k))
+    return out.view(batch, m, -1).transpose(1, 2)
+
+
+@needs_compiler
+@pytest.mark.parametrize("batch,n,m,cv,k,layout", [
+    (1, 5_000, 40, 512, 50, "rows"),      # the mivos read's channel count
+    (3, 200, 17, 300, 7, "spaced"),       # vector chunks, single vectors and a scalar tail
+    (2, 90, 33, 3, 1, "shared"),          # one set of rows for both items, k = 1
+    (2, 64, 16, 16, 64, "rows"),          # a full tile, k = n
+])
+def test_readout_is_embedding_bag_bit_for_bit(lib, batch, n, m, cv, k, layout):
+    if not native.readout_matches_library(lib):
+        pytest.skip("this machine's embedding_bag sums differently; the read does not use it")
+    gen = torch.Generator().manual_seed(n + cv)
+    offset = {"rows": n, "spaced": n + 13, "shared": 0}[layout]
+    values = torch.randn((batch - 1) * offset + n, cv, generator=gen)
+    idx = torch.randint(0, n, (batch, m, k), generator=gen)
+    weights = torch.rand(batch, m, k, generator=gen)
+    got = native.readout(values, offset, idx, weights, n, lib)
+    assert got.shape == (batch, cv, m) and got.is_contiguous()
+    assert torch.equal(got, _bag_readout(values, offset, idx, weights))
+
+
+@needs_compiler
+def test_readout_reads_value_rows_with_a_wider_stride(lib):
+    if not native.readout_matches_library(lib):
+        pytest.skip("this machine's embedding_bag sums differently")
+    gen = torch.Generator().manual_seed(2)
+    wide = torch.randn(500, 40, generator=gen)
+    values = wide[:, :32]  # row stride 40
+    idx = torch.randint(0, 500, (1, 21, 9), generator=gen)
+    weights = torch.rand(1, 21, 9, generator=gen)
+    got = native.readout(values, 500, idx, weights, 500, lib)
+    assert torch.equal(got, _bag_readout(values.contiguous(), 500, idx, weights))
+
+
+@needs_compiler
+def test_readout_matches_the_library_on_x86(lib):
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("checked where the library's embedding_bag uses fused multiply-adds")
+    assert native.readout_matches_library(lib)
+
+
+@needs_compiler
+def test_readout_refuses_bad_input(lib):
+    values = torch.randn(100, 8)
+    idx = torch.zeros(1, 4, 3, dtype=torch.int64)
+    weights = torch.rand(1, 4, 3)
+    with pytest.raises(IndexError, match=r"\[0, 100\)"):
+        native.readout(values, 100, idx.index_fill(2, torch.tensor([1]), 100), weights, 100, lib)
+    with pytest.raises(IndexError, match=r"\[0, 100\)"):
+        native.readout(values, 100, idx - 1, weights, 100, lib)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.readout(values, 60, torch.zeros(2, 4, 3, dtype=torch.int64),
+                       torch.rand(2, 4, 3), 50, lib)
+    with pytest.raises(ValueError, match="float32"):
+        native.readout(values.double(), 100, idx, weights, 100, lib)
+    with pytest.raises(ValueError, match="B x M x k"):
+        native.readout(values, 100, idx, weights[:, :2], 100, lib)
 
 
 @needs_compiler
