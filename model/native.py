@@ -306,6 +306,8 @@ def readout(values_rows: torch.Tensor, item_offset: int, idx: torch.Tensor,
         return out
     if k == 0:
         return out.zero_()
+    if values_rows.shape[0] > 1 and values_rows.stride(0) < cv:  # overlapping rows
+        values_rows = values_rows.contiguous()
     idx = idx.to(torch.int64).contiguous()
     weights = weights.to(torch.float32).contiguous()
     status = lib.mivos_readout_f32(values_rows.data_ptr(), max(cv, values_rows.stride(0)),
@@ -340,7 +342,7 @@ def _check_readout(lib: ctypes.CDLL) -> bool:
         idx = torch.randint(0, n, (batch, m, k), generator=gen)
         weights = torch.rand(batch, m, k, generator=gen)
         flat = (idx + torch.arange(batch).mul(n).view(batch, 1, 1)).view(batch * m, k)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
             expected = F.embedding_bag(flat, values, mode="sum",
                                        per_sample_weights=weights.view(batch * m, k))
         got = readout(values, n, idx, weights, n, lib)

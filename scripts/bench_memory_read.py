@@ -45,6 +45,7 @@ from model.memory import (  # noqa: E402
     NATIVE_TOPK_MIN_RATIO,
     STREAM_SLAB_ELEMENTS,
     _gather_readout,
+    _value_rows,
     query_chunk_size,
     read_memory,
 )
@@ -84,6 +85,13 @@ def sparse_readout(mem_value, indices_qm, weights_qm, n_mem):
     rows = mem_value.transpose(1, 2).reshape(batch * n_mem, cv).contiguous()  # N x CV copy
     out = _gather_readout(rows, indices_qm, weights_qm, n_mem)
     return out.view(batch, -1, cv).transpose(1, 2)
+
+
+def native_readout(mem_value, indices_qm, weights_qm, n_mem):
+    """The streamed read's readout (model.native.readout): the same sums, written straight
+    into ``B x CV x M``; values as the bank keeps them (no layout copy when they are rows)."""
+    rows, step = _value_rows(mem_value)
+    return native.readout(rows, step, indices_qm, weights_qm, n_mem)
 
 
 def dense_full_softmax(mem_key, mem_value, query_key):
@@ -225,11 +233,20 @@ def bench_one(cfg, t_frames, top_k, device, repeats, seed):
             "ours_values_ncv": lambda: read_memory(mem_key, mem_value_ncv, query_key,
                                                    top_k=top_k),
         }, device, repeats)
-        readouts = time_many({
+        readout_fns = {
             "dense": lambda: dense_readout(mem_value, idx, wts, n_mem),
             "ours": lambda: sparse_readout(mem_value, idx_qm, wts_qm, n_mem),
             "ours_values_ncv": lambda: sparse_readout(mem_value_ncv, idx_qm, wts_qm, n_mem),
-        }, device, repeats)
+        }
+        native_equal = None
+        if (device.type == "cpu" and native.topk_library() is not None
+                and native.readout_matches_library()):
+            readout_fns["native_values_ncv"] = lambda: native_readout(mem_value_ncv, idx_qm,
+                                                                      wts_qm, n_mem)
+            native_equal = bool(torch.equal(
+                native_readout(mem_value_ncv, idx_qm, wts_qm, n_mem),
+                sparse_readout(mem_value_ncv, idx_qm, wts_qm, n_mem)))
+        readouts = time_many(readout_fns, device, repeats)
         dense_peak = peak_bytes(run_dense, device)
         ours_peak = peak_bytes(run_ours, device)
 
@@ -259,6 +276,7 @@ def bench_one(cfg, t_frames, top_k, device, repeats, seed):
     row.update({
         "total_speedup": totals["dense"][0] / totals["ours"][0],
         "ours_over_gemm": totals["ours"][0] / totals["gemm"][0],
+        "ours_values_ncv_over_gemm": totals["ours_values_ncv"][0] / totals["gemm"][0],
         "no_kernel_over_gemm": totals["ours_no_kernel"][0] / totals["gemm"][0],
         "streamed_equals_chunked": streamed_equals_chunked,
         "readout_speedup": readouts["dense"][0] / readouts["ours"][0],
@@ -269,6 +287,7 @@ def bench_one(cfg, t_frames, top_k, device, repeats, seed):
         "topk_set_mismatch_columns": mismatch,
         "max_abs_diff_4_chunks": diff_chunked,
         "readout_max_abs_diff": readout_diff,
+        "native_readout_equals_embedding_bag": native_equal,
         "dense_readout_gflop": 2.0 * n_mem * m_query * cv / 1e9,
         "sparse_readout_gflop": 2.0 * top_k * m_query * cv / 1e9,
         "affinity_gflop": 2.0 * n_mem * m_query * ck / 1e9,
@@ -369,9 +388,10 @@ def to_markdown(result):
         "",
         "| T | N | dense ms | ours ms | speed-up | GEMM ms | ours / GEMM | no kernel ms "
         "| no kernel / GEMM | no kernel, 4 chunks ms | ours, N x CV values ms "
-        "| speed-up (N x CV values) | largest intermediate MiB dense / ours / 4 chunks "
+        "| speed-up (N x CV values) | ours, N x CV values / GEMM "
+        "| largest intermediate MiB dense / ours / 4 chunks "
         "| max abs diff dense vs ours (4 chunks) | ours = no kernel, bit for bit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---" * 16 + "|",
     ]
     for r in rows:
         out.append(
@@ -382,6 +402,7 @@ def to_markdown(result):
             f"| {r['ours_4_chunks_total_ms_median']:.1f} "
             f"| {r['ours_values_ncv_total_ms_median']:.1f} "
             f"| {r['total_speedup_values_ncv']:.2f}x "
+            f"| {r['ours_values_ncv_over_gemm']:.2f}x "
             f"| {_mib(r['dense_largest_intermediate_bytes'])} / "
             f"{_mib(r['ours_largest_intermediate_bytes'])} / "
             f"{_mib(r['ours_4_chunks_largest_intermediate_bytes'])} "
@@ -390,19 +411,28 @@ def to_markdown(result):
         )
     out += [
         "",
-        "Readout step alone (same top-k indices and weights for both):",
+        "Readout step alone (same top-k indices and weights for all). **native** = "
+        "`model.native.readout`, the streamed read's readout (N x CV values, written straight "
+        "into `CV x M`), where this machine's check finds it equal to `embedding_bag` bit for "
+        "bit:",
         "",
         "| T | N | GFLOP dense / ours | dense ms | ours ms | speed-up | ours, N x CV values ms "
-        "| speed-up (N x CV values) | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| speed-up (N x CV values) | native ms | speed-up (native) | native = embedding_bag "
+        "| max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        nat = r.get("native_values_ncv_readout_ms_median")
         out.append(
             f"| {r['T']} | {r['N']} "
             f"| {r['dense_readout_gflop']:.2f} / {r['sparse_readout_gflop']:.3f} "
             f"| {r['dense_readout_ms_median']:.1f} | {r['ours_readout_ms_median']:.1f} "
             f"| {r['readout_speedup']:.1f}x | {r['ours_values_ncv_readout_ms_median']:.1f} "
-            f"| {r['readout_speedup_values_ncv']:.1f}x | {r['readout_max_abs_diff']:.1e} |"
+            f"| {r['readout_speedup_values_ncv']:.1f}x "
+            + (f"| {nat:.1f} | {r['dense_readout_ms_median'] / nat:.1f}x "
+               f"| {'yes' if r['native_readout_equals_embedding_bag'] else 'no'} "
+               if nat else "| - | - | - ")
+            + f"| {r['readout_max_abs_diff']:.1e} |"
         )
     if any(r["dense_peak_bytes_measured"] is not None for r in rows):
         out += ["", "Measured peak extra CUDA memory (MiB), dense / ours: "
@@ -429,13 +459,16 @@ def to_markdown(result):
         "",
         "* The sparse readout does `2*k*CV` flops per query position instead of `2*N*CV`; "
         "a large part of what is left of its time is the copy of the values into `N x CV` "
-        "layout (the difference between the two \"ours\" readout columns). A memory bank that stores values "
-        "channel-last and passes a permuted view avoids that copy.",
+        "layout (the difference between the two \"ours\" readout columns). A memory bank "
+        "that stores values channel-last and passes a permuted view avoids that copy "
+        "(`InferenceCore`'s bank does); the streamed read's native readout then also writes "
+        "the `CV x M` result without a transposing copy (\"native\").",
         "* After the readout is made sparse, the affinity product (`2*N*M*CK` flops, "
         "the same in both) and the top-k over N dominate the read. The streamed read "
         "writes each slab of the product into a cache-sized buffer and selects from it "
         "while it is still in the cache, so it costs little more than the product alone "
-        "(\"ours / GEMM\"); the chunked read writes and reads back blocks larger than the "
+        "(\"ours, N x CV values / GEMM\"; \"ours / GEMM\" adds the values' layout copy); "
+        "the chunked read writes and reads back blocks larger than the "
         "cache and runs a separate top-k (\"no kernel / GEMM\"). Both return the same "
         "tensor (last column).",
         "* \"max abs diff\" compares the two reads on the same inputs. Query columns whose "
