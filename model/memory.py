@@ -83,7 +83,7 @@ path; the readout is the native one (:func:`model.native.readout`: the same sums
 ``embedding_bag`` below, bit for bit where :func:`model.native.readout_matches_library` says so,
 else that ``embedding_bag`` itself), written straight into the ``B x CV x M`` result. So the two
 paths return the same tensor (``tests/test_native.py``). At 480p on 2 cores
-this read takes 0.95x (``lite``, CK 64) and 1.03x (``mivos``, CK 128) the time of its affinity
+this read takes 0.92x (``lite``, CK 64) and 1.05x (``mivos``, CK 128) the time of its affinity
 product alone with 10 memory frames (``docs/BENCHMARKS.md``; 1.01x and 1.37x with the kernel's
 first form, 2.01x and 1.55x for the chunked read), and, ``mivos`` shapes with the values in the
 bank's layout, 1.07x with 5 frames and 1.14x with 20 (``docs/BENCH_MEMORY_READ.md``). Without a
