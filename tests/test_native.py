@@ -162,11 +162,9 @@ def test_streamed_read_without_the_native_readout_is_the_same(lib, monkeypatch):
 
 
 def _bag_readout(values, offset, idx, weights):
-    batch, m, k = idx.shape
-    flat = (idx + torch.arange(batch).mul(offset).view(batch, 1, 1)).view(batch * m, k)
-    out = torch.nn.functional.embedding_bag(flat, values, mode="sum",
-                                            per_sample_weights=weights.reshape(batch * m, k))
-    return out.view(batch, m, -1).transpose(1, 2)
+    """The chunked read's readout (embedding_bag), as B x CV x M."""
+    batch, m, _ = idx.shape
+    return memory._gather_readout(values, idx, weights, offset).view(batch, m, -1).transpose(1, 2)
 
 
 @needs_compiler
