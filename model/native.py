@@ -46,6 +46,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from util.device import cpu_flags
 
@@ -335,16 +336,16 @@ def readout_matches_library(lib: ctypes.CDLL | None = None) -> bool:
 
 
 def _check_readout(lib: ctypes.CDLL) -> bool:
-    # against the chunked read's own readout (imported here: model.memory imports this module)
-    from model.memory import _gather_readout
-
+    # the reference restates model.memory._gather_readout (which imports this module)
     gen = torch.Generator().manual_seed(0)
     for batch, n, m, cv, k in ((2, 300, 37, 512, 50), (1, 90, 20, 100, 1), (2, 64, 33, 7, 5)):
         values = torch.randn(batch * n, cv, generator=gen)
         idx = torch.randint(0, n, (batch, m, k), generator=gen)
         weights = torch.rand(batch, m, k, generator=gen)
+        flat = (idx + torch.arange(batch).mul(n).view(batch, 1, 1)).view(batch * m, k)
         with torch.no_grad(), torch.autocast("cpu", enabled=False):
-            expected = _gather_readout(values, idx, weights, n)
+            expected = F.embedding_bag(flat, values, mode="sum",
+                                       per_sample_weights=weights.view(batch * m, k))
         got = readout(values, n, idx, weights, n, lib)
         if not torch.equal(got, expected.view(batch, m, cv).transpose(1, 2)):
             return False
