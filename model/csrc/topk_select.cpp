@@ -74,6 +74,48 @@ struct RowState {
   }
 };
 
+// ---- vectors -----------------------------------------------------------------------------
+
+// The few vector operations both steps use, for the widest instruction set the build has
+// (-march=native): AVX-512 or AVX2 with FMA; without them the scalar loops below are used.
+#if defined(__AVX512F__)
+#define MIVOS_VEC 1
+constexpr int kLanes = 16;
+using Vec = __m512;
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vset(float w) { return _mm512_set1_ps(w); }
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec vfma(Vec w, Vec x, Vec acc) { return _mm512_fmadd_ps(w, x, acc); }
+// bit j of the result: lane j > t (Strict) or >= t; a NaN lane gives 0
+template <bool Strict>
+inline uint32_t vabove(Vec v, Vec t) {
+  return _mm512_cmp_ps_mask(v, t, Strict ? _CMP_GT_OQ : _CMP_GE_OQ);
+}
+inline uint32_t vnan(Vec v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+constexpr int kChunkVectors = 16;  // readout: 256 channels in 16 of the 32 registers
+#elif defined(__AVX2__) && defined(__FMA__)
+#define MIVOS_VEC 1
+constexpr int kLanes = 8;
+using Vec = __m256;
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vset(float w) { return _mm256_set1_ps(w); }
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vfma(Vec w, Vec x, Vec acc) { return _mm256_fmadd_ps(w, x, acc); }
+template <bool Strict>
+inline uint32_t vabove(Vec v, Vec t) {
+  return static_cast<uint32_t>(
+      _mm256_movemask_ps(_mm256_cmp_ps(v, t, Strict ? _CMP_GT_OQ : _CMP_GE_OQ)));
+}
+inline uint32_t vnan(Vec v) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+constexpr int kChunkVectors = 8;  // readout: 64 channels in 8 of the 16 registers
+#endif
+
+// ---- top-k ---------------------------------------------------------------------------------
+
 template <int B>
 inline float block_max(const float* p, int& nan) {
   float m = kNegInf;
@@ -97,28 +139,15 @@ inline float tail_max(const float* p, int64_t len, int& nan) {
 }
 
 // Bit j set where p[j] > t (Strict) or p[j] >= t, for the B <= 64 entries of a block; a NaN
-// entry never sets its bit. Vector compares where the build has them (-march=native).
+// entry never sets its bit.
 template <int B, bool Strict>
 inline uint64_t mask_of(const float* p, float t) {
   uint64_t mask = 0;
-#if defined(__AVX512F__)
-  if constexpr (B % 16 == 0) {
-    const __m512 vt = _mm512_set1_ps(t);
-    for (int j = 0; j < B; j += 16) {
-      const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + j), vt,
-                                             Strict ? _CMP_GT_OQ : _CMP_GE_OQ);
-      mask |= static_cast<uint64_t>(m) << j;
-    }
-    return mask;
-  }
-#endif
-#if defined(__AVX2__)
-  if constexpr (B % 8 == 0) {
-    const __m256 vt = _mm256_set1_ps(t);
-    for (int j = 0; j < B; j += 8) {
-      const __m256 c = _mm256_cmp_ps(_mm256_loadu_ps(p + j), vt,
-                                     Strict ? _CMP_GT_OQ : _CMP_GE_OQ);
-      mask |= static_cast<uint64_t>(static_cast<uint32_t>(_mm256_movemask_ps(c))) << j;
+#if defined(MIVOS_VEC)
+  if constexpr (B % kLanes == 0) {
+    const Vec vt = vset(t);
+    for (int j = 0; j < B; j += kLanes) {
+      mask |= static_cast<uint64_t>(vabove<Strict>(vload(p + j), vt)) << j;
     }
     return mask;
   }
@@ -132,28 +161,16 @@ inline uint64_t mask_of(const float* p, float t) {
 // One block of 64 entries against t: returns the bits of the entries above t (as mask_of) and
 // sets nan when the block holds a NaN. Each entry is loaded once for both.
 inline uint64_t scan64(const float* p, float t, int& nan) {
-#if defined(__AVX512F__)
-  const __m512 vt = _mm512_set1_ps(t);
+#if defined(MIVOS_VEC)
+  const Vec vt = vset(t);
   uint64_t mask = 0;
-  __mmask16 unordered = 0;
-  for (int j = 0; j < 64; j += 16) {
-    const __m512 v = _mm512_loadu_ps(p + j);
-    mask |= static_cast<uint64_t>(_mm512_cmp_ps_mask(v, vt, _CMP_GT_OQ)) << j;
-    unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  uint32_t unordered = 0;
+  for (int j = 0; j < 64; j += kLanes) {
+    const Vec v = vload(p + j);
+    mask |= static_cast<uint64_t>(vabove<true>(v, vt)) << j;
+    unordered |= vnan(v);
   }
   nan |= unordered != 0;
-  return mask;
-#elif defined(__AVX2__)
-  const __m256 vt = _mm256_set1_ps(t);
-  uint64_t mask = 0;
-  __m256 unordered = _mm256_setzero_ps();
-  for (int j = 0; j < 64; j += 8) {
-    const __m256 v = _mm256_loadu_ps(p + j);
-    const int m = _mm256_movemask_ps(_mm256_cmp_ps(v, vt, _CMP_GT_OQ));
-    mask |= static_cast<uint64_t>(static_cast<uint32_t>(m)) << j;
-    unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  }
-  nan |= _mm256_movemask_ps(unordered) != 0;
   return mask;
 #else
   block_max<64>(p, nan);  // for its NaN note
@@ -288,30 +305,11 @@ void run_parallel(int64_t rows, int threads, Fn fn) {
 // acc = 0 in the order of the k selections. That is one fused multiply-add per element in the
 // library's order (embedding_bag, sum mode with per-sample weights), so the sums are the same
 // bit for bit; model/native.py checks this on the machine before it uses them.
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-using Vec = __m512;
-inline Vec vzero() { return _mm512_setzero_ps(); }
-inline Vec vset(float w) { return _mm512_set1_ps(w); }
-inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
-inline Vec vfma(Vec w, Vec x, Vec acc) { return _mm512_fmadd_ps(w, x, acc); }
-constexpr int kChunkVectors = 16;  // 256 channels in 16 of the 32 registers
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int kLanes = 8;
-using Vec = __m256;
-inline Vec vzero() { return _mm256_setzero_ps(); }
-inline Vec vset(float w) { return _mm256_set1_ps(w); }
-inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
-inline Vec vfma(Vec w, Vec x, Vec acc) { return _mm256_fmadd_ps(w, x, acc); }
-constexpr int kChunkVectors = 8;  // 64 channels in 8 of the 16 registers
-#endif
 
 // The rows of the next selections are prefetched this many selections ahead.
 constexpr int64_t kAhead = 4;
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(MIVOS_VEC)
 template <int W>
 inline void sum_chunk(const float* base, int64_t stride, const int64_t* idx, const float* w,
                       int64_t k, float* dst) {
@@ -337,7 +335,7 @@ inline void sum_chunk(const float* base, int64_t stride, const int64_t* idx, con
 inline void sum_column(const float* base, int64_t stride, const int64_t* idx, const float* w,
                        int64_t k, int64_t cv, float* dst) {
   int64_t c = 0;
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(MIVOS_VEC)
   for (; c + kChunkVectors * kLanes <= cv; c += kChunkVectors * kLanes) {
     sum_chunk<kChunkVectors>(base + c, stride, idx, w, k, dst + c);
   }
